@@ -1,0 +1,239 @@
+//! The xos guest ABI, version 1: the contract between the monitor and code
+//! running inside an isolation context. `docs/ABI.md` is the prose version;
+//! `guest-runtime/c/xos_abi.h` mirrors these definitions for C (a test checks
+//! that both agree).
+//!
+//! Design goal: a typical run costs as few VM exits as possible, because each
+//! exit from CPL3 costs ~50 µs on the project's machines. Arguments,
+//! environment and the first chunk of stdin are in guest memory before entry;
+//! output is buffered in guest memory and handed over at the next hypercall
+//! (typically the final `EXIT`).
+//!
+//! This crate is `no_std` so the guest runtime and the host share it.
+#![no_std]
+
+/// Version of this ABI; stored in [`BootInfo::abi_version`].
+pub const ABI_VERSION: u32 = 1;
+
+/// `BootInfo::magic`: "XOSBOOT1" as a little-endian u64.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"XOSBOOT1");
+
+/// The hypercall doorbell: a guest issues a hypercall by writing its number
+/// as a 4-byte value to this guest address (`mov dword [DOORBELL], eax`).
+/// No memory backs it, so the write exits to the monitor as MMIO.
+///
+/// Why MMIO and not `out`: KVM backends that run guest user mode on the
+/// host's ring 3 (PVM, the project's machines) force RFLAGS.IOPL to 0 and
+/// refuse port I/O from CPL3 with #GP, while an MMIO exit costs the same
+/// (~50 us here) and works on every backend.
+pub const DOORBELL: u64 = 0x4_0000_0000;
+/// I/O port used only by the monitor's CPL0 exception stubs (guest code at
+/// CPL3 cannot use ports at all).
+pub const FAULT_PORT: u16 = 0x0511;
+
+/// Guest memory layout: guest-physical equals guest-virtual (identity map).
+pub mod layout {
+    /// Size of a small page.
+    pub const PAGE_SIZE: u64 = 0x1000;
+    /// Page 0 is never mapped: a null pointer dereference faults.
+    pub const NULL_GUARD: u64 = 0x0;
+    /// Start of the monitor's supervisor-only area (GDT, TSS, IDT, exception
+    /// stubs, page tables, exception stack). Guest code cannot touch it.
+    pub const SYSTEM_START: u64 = 0x1000;
+    /// End (exclusive) of the supervisor-only area.
+    pub const SYSTEM_END: u64 = 0x2_0000;
+    /// The [`crate::BootInfo`] page (user read/write).
+    pub const BOOT_INFO: u64 = 0x2_0000;
+    /// Unmapped page below the stack: a stack overflow faults here.
+    pub const STACK_GUARD: u64 = 0x3_0000;
+    /// Lowest stack address (inclusive).
+    pub const STACK_BOTTOM: u64 = 0x3_1000;
+    /// Initial stack pointer (the stack grows down from here).
+    pub const STACK_TOP: u64 = 0x10_0000;
+    /// Lowest address an image segment may occupy; images are linked here.
+    pub const IMAGE_BASE: u64 = 0x10_0000;
+    /// Granularity of guest memory sizes (one large page).
+    pub const MEM_ALIGN: u64 = 0x20_0000;
+    /// Smallest guest memory accepted.
+    pub const MIN_MEM: u64 = 0x40_0000;
+    /// Largest guest memory accepted (16 GiB).
+    pub const MAX_MEM: u64 = 16 << 30;
+    /// Default size of the stdin buffer near the top of guest memory.
+    pub const STDIN_BUF_SIZE: u64 = 64 << 10;
+    /// Default size of the output buffer near the top of guest memory.
+    pub const OUTPUT_BUF_SIZE: u64 = 64 << 10;
+    /// Largest argument + environment block accepted.
+    pub const MAX_ARGS_SIZE: u64 = 1 << 20;
+}
+
+/// Hypercall numbers (the value written to [`DOORBELL`]).
+pub mod nr {
+    /// Flush pending output, then end the run with exit code `args[0] & 0xff`.
+    pub const EXIT: u32 = 1;
+    /// Flush pending output, then end the run as aborted with the UTF-8
+    /// message at `args[0]`, length `args[1]` (at most 4096 bytes are kept).
+    pub const ABORT: u32 = 2;
+    /// Flush pending output. `ret` = 0.
+    pub const FLUSH: u32 = 3;
+    /// Refill the stdin buffer: the monitor reads up to `stdin.cap` bytes
+    /// (blocking), stores them at `stdin.buf`, sets `stdin.len` (0 at end of
+    /// input) and `stdin.eof`. `ret` = `stdin.len`.
+    pub const READ_STDIN: u32 = 4;
+    /// Write `args[2]` bytes at `args[1]` to fd `args[0]` (1 or 2) directly,
+    /// after flushing pending output. `ret` = bytes written.
+    pub const WRITE: u32 = 5;
+    /// Call the embedder's host function named by (`args[0]`, `args[1]`)
+    /// with input (`args[2]`, `args[3]`); its output is copied to
+    /// `args[4]`, capacity `args[5]`. `ret` = output length.
+    pub const HOST_CALL: u32 = 6;
+    /// Does nothing but return 0: the cheapest possible round trip.
+    pub const NOP: u32 = 7;
+}
+
+/// Negative values a hypercall stores in [`Hypercall::ret`] on failure.
+pub mod err {
+    /// A pointer/length pair is not inside guest user memory.
+    pub const EFAULT: i64 = -14;
+    /// An argument is invalid (bad fd, bad hypercall number, bad UTF-8 name).
+    pub const EINVAL: i64 = -22;
+    /// No host function with that name is registered.
+    pub const ENOENT: i64 = -2;
+    /// The host function's output does not fit the guest's buffer.
+    pub const E2BIG: i64 = -7;
+    /// The host could not complete the I/O.
+    pub const EIO: i64 = -5;
+    /// The host function reported a failure.
+    pub const EHOSTFN: i64 = -1000;
+}
+
+/// Output record header in the output buffer: a record is this header
+/// followed by `len` bytes, and the next record starts at the next multiple
+/// of 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// 1 = stdout, 2 = stderr.
+    pub fd: u32,
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+/// Size of [`OutputRecord`].
+pub const OUTPUT_RECORD_SIZE: u64 = 8;
+
+/// State of the stdin buffer, shared by monitor and guest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StdinState {
+    /// Guest address of the buffer.
+    pub buf: u64,
+    /// Capacity of the buffer.
+    pub cap: u64,
+    /// Bytes the monitor stored, starting at `buf`.
+    pub len: u64,
+    /// 1 when the monitor knows no input follows `len` bytes.
+    pub eof: u64,
+}
+
+/// State of the output buffer: the guest appends records and advances
+/// `used`; at every hypercall the monitor writes them out and sets `used`
+/// to 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputState {
+    /// Guest address of the buffer.
+    pub buf: u64,
+    /// Capacity of the buffer.
+    pub cap: u64,
+    /// Bytes of records pending.
+    pub used: u64,
+    /// Reserved, 0.
+    pub reserved: u64,
+}
+
+/// The hypercall argument block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hypercall {
+    /// Arguments, meaning per hypercall number.
+    pub args: [u64; 6],
+    /// Result: >= 0 success, < 0 one of [`err`].
+    pub ret: i64,
+    /// Reserved, 0.
+    pub reserved: u64,
+}
+
+/// The page at [`layout::BOOT_INFO`], written by the monitor before entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+    /// Size of guest memory in bytes.
+    pub mem_size: u64,
+    /// Number of arguments.
+    pub argc: u64,
+    /// Guest address of `argc + 1` pointers (the last is 0) to NUL-terminated
+    /// strings.
+    pub argv: u64,
+    /// Guest address of a 0-terminated pointer array of "KEY=VALUE" strings.
+    pub envp: u64,
+    /// First byte of the heap (page aligned, after the image).
+    pub heap_start: u64,
+    /// End (exclusive) of the heap.
+    pub heap_end: u64,
+    /// Initial stack pointer.
+    pub stack_top: u64,
+    /// Lowest usable stack address.
+    pub stack_bottom: u64,
+    /// Standard input.
+    pub stdin: StdinState,
+    /// Buffered standard output and error.
+    pub output: OutputState,
+    /// The hypercall argument block.
+    pub hypercall: Hypercall,
+}
+
+/// Byte offsets of the fields the C mirror must match.
+pub mod offsets {
+    use super::BootInfo;
+    use core::mem::offset_of;
+    /// Offset of `argc`.
+    pub const ARGC: usize = offset_of!(BootInfo, argc);
+    /// Offset of `heap_start`.
+    pub const HEAP_START: usize = offset_of!(BootInfo, heap_start);
+    /// Offset of `stdin`.
+    pub const STDIN: usize = offset_of!(BootInfo, stdin);
+    /// Offset of `output`.
+    pub const OUTPUT: usize = offset_of!(BootInfo, output);
+    /// Offset of `hypercall`.
+    pub const HYPERCALL: usize = offset_of!(BootInfo, hypercall);
+    /// Size of the whole struct.
+    pub const SIZE: usize = core::mem::size_of::<BootInfo>();
+}
+
+/// Rounds `v` up to a multiple of `align` (a power of two).
+pub const fn align_up(v: u64, align: u64) -> u64 {
+    (v + align - 1) & !(align - 1)
+}
+
+#[cfg(feature = "vm-memory")]
+mod byte_valued {
+    use super::{BootInfo, Hypercall, OutputRecord, OutputState, StdinState};
+    // SAFETY: each type is `#[repr(C)]`, made only of integer fields laid out
+    // without padding (sizes are multiples of 8, or two u32s), so every byte
+    // pattern is a valid value and no byte is uninitialised.
+    unsafe impl vm_memory::ByteValued for BootInfo {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for Hypercall {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for OutputRecord {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for OutputState {}
+    // SAFETY: as above.
+    unsafe impl vm_memory::ByteValued for StdinState {}
+}

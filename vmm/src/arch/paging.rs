@@ -1,0 +1,161 @@
+//! Identity-mapped page tables.
+//!
+//! The first 2 MiB use 4 KiB pages so that the null page and the stack guard
+//! are unmapped and the system area is supervisor-only; the rest of guest
+//! memory is mapped with 2 MiB user pages. Beyond guest memory only the
+//! hypercall doorbell is mapped (a 2 MiB user page at `xos_abi::DOORBELL`
+//! with no memory behind it, so writes there exit as MMIO); any other
+//! stray access faults with the address in CR2.
+
+use super::{system, write_bytes, ArchError};
+use vm_memory::GuestMemoryMmap;
+use xos_abi::layout;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const LARGE: u64 = 1 << 7;
+
+const TABLE: u64 = PRESENT | WRITABLE | USER;
+const GIB: u64 = 1 << 30;
+const LARGE_PAGE: u64 = 2 << 20;
+
+/// How one 4 KiB page of the first 2 MiB is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowPage {
+    /// Not present: any access faults.
+    Unmapped,
+    /// Present, writable, CPL0 only.
+    Supervisor,
+    /// Present, writable, user accessible.
+    User,
+}
+
+/// The mapping of the 4 KiB page at `addr` (`addr < 2 MiB`).
+pub fn low_page(addr: u64) -> LowPage {
+    match addr {
+        a if a < layout::SYSTEM_START => LowPage::Unmapped,
+        a if a < layout::SYSTEM_END => LowPage::Supervisor,
+        a if a < layout::BOOT_INFO + layout::PAGE_SIZE => LowPage::User,
+        a if a < layout::STACK_BOTTOM => LowPage::Unmapped,
+        _ => LowPage::User,
+    }
+}
+
+/// Writes PML4, PDPT, the low page table and the page directories for
+/// `mem_size` bytes (a multiple of 2 MiB).
+pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
+    let pds = mem_size.div_ceil(GIB);
+    if pds > system::MAX_PDS {
+        return Err(ArchError::TooMuchMemory(mem_size));
+    }
+
+    let mut pml4 = [0u64; 512];
+    pml4[0] = system::PDPT | TABLE;
+    write_table(mem, system::PML4, &pml4)?;
+
+    let mut pdpt = [0u64; 512];
+    for (i, entry) in pdpt.iter_mut().take(pds as usize).enumerate() {
+        *entry = (system::PD_BASE + i as u64 * layout::PAGE_SIZE) | TABLE;
+    }
+    pdpt[(xos_abi::DOORBELL / GIB) as usize] = system::PD_DOORBELL | TABLE;
+    write_table(mem, system::PDPT, &pdpt)?;
+
+    let mut doorbell = [0u64; 512];
+    doorbell[((xos_abi::DOORBELL % GIB) / LARGE_PAGE) as usize] =
+        xos_abi::DOORBELL | PRESENT | WRITABLE | USER | LARGE;
+    write_table(mem, system::PD_DOORBELL, &doorbell)?;
+
+    let mut pt = [0u64; 512];
+    for (i, entry) in pt.iter_mut().enumerate() {
+        let addr = i as u64 * layout::PAGE_SIZE;
+        *entry = match low_page(addr) {
+            LowPage::Unmapped => 0,
+            LowPage::Supervisor => addr | PRESENT | WRITABLE,
+            LowPage::User => addr | PRESENT | WRITABLE | USER,
+        };
+    }
+    write_table(mem, system::PT_LOW, &pt)?;
+
+    for pd_index in 0..pds {
+        let mut pd = [0u64; 512];
+        for (i, entry) in pd.iter_mut().enumerate() {
+            let addr = pd_index * GIB + i as u64 * LARGE_PAGE;
+            if addr >= mem_size {
+                break;
+            }
+            *entry = if addr == 0 {
+                system::PT_LOW | TABLE
+            } else {
+                addr | PRESENT | WRITABLE | USER | LARGE
+            };
+        }
+        write_table(mem, system::PD_BASE + pd_index * layout::PAGE_SIZE, &pd)?;
+    }
+    Ok(())
+}
+
+fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: &[u64; 512]) -> Result<(), ArchError> {
+    let mut bytes = [0u8; 4096];
+    for (chunk, e) in bytes.chunks_exact_mut(8).zip(entries) {
+        chunk.copy_from_slice(&e.to_le_bytes());
+    }
+    write_bytes(mem, addr, &bytes)
+}
+
+/// True when guest code at CPL3 can access every byte of `[addr, addr+len)`
+/// in a guest with `mem_size` bytes of memory. The monitor applies the same
+/// rule to hypercall pointers, so a guest cannot make the host read or write
+/// anything the guest itself could not.
+pub fn user_accessible(addr: u64, len: u64, mem_size: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
+    if end > mem_size {
+        return false;
+    }
+    if len == 0 {
+        return true;
+    }
+    let low_end = LARGE_PAGE.min(end);
+    let mut page = addr & !(layout::PAGE_SIZE - 1);
+    while page < low_end {
+        if low_page(page) != LowPage::User {
+            return false;
+        }
+        page += layout::PAGE_SIZE;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_pages_follow_the_layout() {
+        assert_eq!(low_page(0), LowPage::Unmapped);
+        assert_eq!(low_page(system::GDT), LowPage::Supervisor);
+        assert_eq!(low_page(system::PML4), LowPage::Supervisor);
+        assert_eq!(low_page(0x1f000), LowPage::Supervisor);
+        assert_eq!(low_page(layout::BOOT_INFO), LowPage::User);
+        assert_eq!(low_page(layout::BOOT_INFO + 0x1000), LowPage::Unmapped);
+        assert_eq!(low_page(layout::STACK_GUARD), LowPage::Unmapped);
+        assert_eq!(low_page(layout::STACK_BOTTOM), LowPage::User);
+        assert_eq!(low_page(layout::IMAGE_BASE), LowPage::User);
+    }
+
+    #[test]
+    fn user_ranges_exclude_system_guards_and_beyond_memory() {
+        let mem = 16 << 20;
+        assert!(user_accessible(layout::IMAGE_BASE, 100, mem));
+        assert!(user_accessible(layout::BOOT_INFO, 4096, mem));
+        assert!(!user_accessible(layout::BOOT_INFO, 4097, mem));
+        assert!(!user_accessible(0, 1, mem));
+        assert!(!user_accessible(system::PML4, 8, mem));
+        assert!(!user_accessible(layout::STACK_GUARD + 8, 8, mem));
+        assert!(!user_accessible(mem - 4, 8, mem));
+        assert!(!user_accessible(u64::MAX - 2, 8, mem));
+        assert!(user_accessible(mem - 8, 8, mem));
+    }
+}

@@ -1,0 +1,312 @@
+//! Serving the guest's hypercalls (ABI v1, `docs/ABI.md`).
+//!
+//! Arguments and results travel through the BootInfo page, never through
+//! vCPU registers, so a hypercall costs one `KVM_RUN` round trip and no
+//! other ioctl. Every guest pointer is checked against what the guest
+//! itself may access before the monitor touches it; a bad request gets an
+//! error code, never a host failure.
+
+use crate::arch::paging::user_accessible;
+use crate::exit::Fault;
+use crate::host_fn::HostFunctions;
+use crate::io::GuestIo;
+use crate::layout::{
+    boot_field, GuestLayout, HYPERCALL_OFFSET, HYPERCALL_RET_OFFSET, OUTPUT_OFFSET, STDIN_OFFSET,
+};
+use std::io::Write;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use xos_abi::{err, nr, Hypercall, OutputRecord, OutputState, StdinState, OUTPUT_RECORD_SIZE};
+
+/// Longest abort message kept.
+pub const MAX_ABORT_MESSAGE: u64 = 4096;
+/// Longest host function name.
+pub const MAX_HOST_FN_NAME: u64 = 256;
+/// Largest host function input or direct write handled in one hypercall.
+pub const MAX_TRANSFER: u64 = 64 << 20;
+
+/// Errors that end a run on the host side (not the guest's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum HypercallError {
+    /// Writing guest output to the host failed.
+    #[error("cannot write the guest's {stream}: {source}")]
+    Output {
+        /// "stdout" or "stderr".
+        stream: &'static str,
+        /// The host error.
+        source: std::io::Error,
+    },
+    /// Guest memory the layout guarantees was not accessible (a monitor bug).
+    #[error("guest memory access at {addr:#x} failed: {source}")]
+    Memory {
+        /// Address.
+        addr: u64,
+        /// What vm-memory reported.
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// What the run loop does after a hypercall.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Resume the guest.
+    Resume,
+    /// The guest exited with this code.
+    Exit(u8),
+    /// The guest aborted with this message.
+    Abort(String),
+    /// The guest broke the protocol.
+    Fault(Fault),
+}
+
+/// The per-run hypercall server.
+pub struct Hypercalls {
+    mem_size: u64,
+    layout: GuestLayout,
+    io: GuestIo,
+    host_fns: HostFunctions,
+    scratch: Vec<u8>,
+    /// Hypercalls served.
+    pub count: u64,
+}
+
+fn mem_err(addr: u64) -> impl FnOnce(vm_memory::GuestMemoryError) -> HypercallError {
+    move |source| HypercallError::Memory { addr, source }
+}
+
+impl Hypercalls {
+    /// A server for a guest laid out as `layout`.
+    pub fn new(layout: GuestLayout, io: GuestIo, host_fns: HostFunctions) -> Self {
+        Hypercalls {
+            mem_size: layout.mem_size,
+            layout,
+            io,
+            host_fns,
+            scratch: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Gives back the guest's I/O streams.
+    pub fn into_io(self) -> GuestIo {
+        self.io
+    }
+
+    /// Serves hypercall `number`.
+    pub fn handle(&mut self, mem: &GuestMemoryMmap, number: u32) -> Result<Next, HypercallError> {
+        self.count += 1;
+        if let Err(fault) = self.drain_output(mem)? {
+            return Ok(Next::Fault(fault));
+        }
+        if number == nr::NOP {
+            return self.ret(mem, 0);
+        }
+        let hc: Hypercall = mem
+            .read_obj(boot_field(HYPERCALL_OFFSET))
+            .map_err(mem_err(boot_field(HYPERCALL_OFFSET).0))?;
+        let a = hc.args;
+        match number {
+            nr::EXIT => Ok(Next::Exit(a[0] as u8)),
+            nr::ABORT => Ok(Next::Abort(self.abort_message(mem, a[0], a[1]))),
+            nr::FLUSH => self.ret(mem, 0),
+            nr::READ_STDIN => {
+                let r = self.read_stdin(mem)?;
+                self.ret(mem, r)
+            }
+            nr::WRITE => {
+                let r = self.write(mem, a[0], a[1], a[2])?;
+                self.ret(mem, r)
+            }
+            nr::HOST_CALL => {
+                let r = self.host_call(mem, a)?;
+                self.ret(mem, r)
+            }
+            _ => self.ret(mem, err::EINVAL),
+        }
+    }
+
+    fn ret(&mut self, mem: &GuestMemoryMmap, value: i64) -> Result<Next, HypercallError> {
+        let at = boot_field(HYPERCALL_RET_OFFSET);
+        mem.write_obj(value, at).map_err(mem_err(at.0))?;
+        Ok(Next::Resume)
+    }
+
+    fn readable(&self, addr: u64, len: u64) -> bool {
+        user_accessible(addr, len, self.mem_size)
+    }
+
+    /// Writes pending output records to the host and empties the buffer.
+    /// `Ok(Err(fault))` when the records do not parse.
+    pub fn drain_output(
+        &mut self,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Result<(), Fault>, HypercallError> {
+        let at = boot_field(OUTPUT_OFFSET);
+        let state: OutputState = mem.read_obj(at).map_err(mem_err(at.0))?;
+        if state.used == 0 {
+            return Ok(Ok(()));
+        }
+        if state.buf != self.layout.output || state.cap != self.layout.output_cap {
+            return Ok(Err(Fault::CorruptOutput(format!(
+                "the output buffer moved to {:#x}+{:#x}; it must stay at {:#x}+{:#x}",
+                state.buf, state.cap, self.layout.output, self.layout.output_cap
+            ))));
+        }
+        if state.used > state.cap {
+            return Ok(Err(Fault::CorruptOutput(format!(
+                "{} bytes used in a {}-byte buffer",
+                state.used, state.cap
+            ))));
+        }
+        let used = state.used as usize;
+        self.scratch.resize(used, 0);
+        mem.read_slice(&mut self.scratch, GuestAddress(state.buf))
+            .map_err(mem_err(state.buf))?;
+        let mut off = 0usize;
+        while off < used {
+            if used - off < OUTPUT_RECORD_SIZE as usize {
+                return Ok(Err(Fault::CorruptOutput(format!(
+                    "a truncated record header at offset {off}"
+                ))));
+            }
+            let mut header = [0u8; 8];
+            header.copy_from_slice(&self.scratch[off..off + 8]);
+            let rec = OutputRecord {
+                fd: u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
+                len: u32::from_le_bytes([header[4], header[5], header[6], header[7]]),
+            };
+            let start = off + 8;
+            let end = start + rec.len as usize;
+            if end > used {
+                return Ok(Err(Fault::CorruptOutput(format!(
+                    "the record at offset {off} claims {} bytes but only {} remain",
+                    rec.len,
+                    used - start
+                ))));
+            }
+            let (sink, stream): (&mut dyn Write, _) = match rec.fd {
+                1 => (&mut *self.io.stdout, "stdout"),
+                2 => (&mut *self.io.stderr, "stderr"),
+                fd => {
+                    return Ok(Err(Fault::CorruptOutput(format!(
+                        "the record at offset {off} is for fd {fd}; only 1 and 2 exist"
+                    ))))
+                }
+            };
+            sink.write_all(&self.scratch[start..end])
+                .map_err(|source| HypercallError::Output { stream, source })?;
+            off = xos_abi::align_up(end as u64, 8) as usize;
+        }
+        let used_at = boot_field(OUTPUT_OFFSET + std::mem::offset_of!(OutputState, used));
+        mem.write_obj(0u64, used_at).map_err(mem_err(used_at.0))?;
+        Ok(Ok(()))
+    }
+
+    fn abort_message(&mut self, mem: &GuestMemoryMmap, addr: u64, len: u64) -> String {
+        let len = len.min(MAX_ABORT_MESSAGE);
+        if !self.readable(addr, len) {
+            return format!("(the abort message at {addr:#x}+{len} is outside guest memory)");
+        }
+        let mut buf = vec![0u8; len as usize];
+        match mem.read_slice(&mut buf, GuestAddress(addr)) {
+            Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+            Err(e) => format!("(the abort message could not be read: {e})"),
+        }
+    }
+
+    fn read_stdin(&mut self, mem: &GuestMemoryMmap) -> Result<i64, HypercallError> {
+        let at = boot_field(STDIN_OFFSET);
+        let mut state: StdinState = mem.read_obj(at).map_err(mem_err(at.0))?;
+        if state.eof != 0 {
+            state.len = 0;
+            mem.write_obj(state, at).map_err(mem_err(at.0))?;
+            return Ok(0);
+        }
+        self.scratch.resize(self.layout.stdin_cap as usize, 0);
+        let n = match self.io.stdin.read(&mut self.scratch) {
+            Ok(n) => n,
+            Err(_) => return Ok(err::EIO),
+        };
+        mem.write_slice(&self.scratch[..n], GuestAddress(self.layout.stdin))
+            .map_err(mem_err(self.layout.stdin))?;
+        // The guest may have scribbled on buf/cap; restore the truth.
+        state = StdinState {
+            buf: self.layout.stdin,
+            cap: self.layout.stdin_cap,
+            len: n as u64,
+            eof: u64::from(n == 0),
+        };
+        mem.write_obj(state, at).map_err(mem_err(at.0))?;
+        Ok(n as i64)
+    }
+
+    fn write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        fd: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<i64, HypercallError> {
+        if fd != 1 && fd != 2 {
+            return Ok(err::EINVAL);
+        }
+        if !self.readable(addr, len) {
+            return Ok(err::EFAULT);
+        }
+        let len = len.min(MAX_TRANSFER);
+        let (sink, stream): (&mut dyn Write, _) = if fd == 1 {
+            (&mut *self.io.stdout, "stdout")
+        } else {
+            (&mut *self.io.stderr, "stderr")
+        };
+        let mut done = 0u64;
+        const CHUNK: u64 = 1 << 20;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            self.scratch.resize(n, 0);
+            mem.read_slice(&mut self.scratch[..n], GuestAddress(addr + done))
+                .map_err(mem_err(addr + done))?;
+            sink.write_all(&self.scratch[..n])
+                .map_err(|source| HypercallError::Output { stream, source })?;
+            done += n as u64;
+        }
+        Ok(len as i64)
+    }
+
+    fn host_call(&mut self, mem: &GuestMemoryMmap, a: [u64; 6]) -> Result<i64, HypercallError> {
+        let [name_ptr, name_len, in_ptr, in_len, out_ptr, out_cap] = a;
+        if name_len > MAX_HOST_FN_NAME || in_len > MAX_TRANSFER {
+            return Ok(err::EINVAL);
+        }
+        if !self.readable(name_ptr, name_len)
+            || !self.readable(in_ptr, in_len)
+            || !self.readable(out_ptr, out_cap)
+        {
+            return Ok(err::EFAULT);
+        }
+        let mut name = vec![0u8; name_len as usize];
+        mem.read_slice(&mut name, GuestAddress(name_ptr))
+            .map_err(mem_err(name_ptr))?;
+        let Ok(name) = String::from_utf8(name) else {
+            return Ok(err::EINVAL);
+        };
+        let Some(f) = self.host_fns.get(&name).cloned() else {
+            return Ok(err::ENOENT);
+        };
+        let mut input = vec![0u8; in_len as usize];
+        mem.read_slice(&mut input, GuestAddress(in_ptr))
+            .map_err(mem_err(in_ptr))?;
+        let output = match f(&input) {
+            Ok(out) => out,
+            Err(message) => {
+                tracing::debug!(function = %name, %message, "host function failed");
+                return Ok(err::EHOSTFN);
+            }
+        };
+        if output.len() as u64 > out_cap {
+            return Ok(err::E2BIG);
+        }
+        mem.write_slice(&output, GuestAddress(out_ptr))
+            .map_err(mem_err(out_ptr))?;
+        Ok(output.len() as i64)
+    }
+}

@@ -1,0 +1,153 @@
+//! Stopping a running guest from another thread.
+//!
+//! KVM_RUN only returns when the guest exits or a signal arrives. To stop a
+//! guest that never exits (an endless loop), the interrupter sets the
+//! vCPU's `immediate_exit` flag (so a KVM_RUN that is just about to start
+//! returns at once) and then signals the vCPU thread (so one already in the
+//! guest returns with EINTR). The flag closes the race where the signal
+//! lands between the monitor's check and the ioctl.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+/// Why a guest was interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Not interrupted.
+    None = 0,
+    /// Its time limit passed.
+    Timeout = 1,
+    /// An explicit kill.
+    Kill = 2,
+}
+
+/// Errors installing the kick signal handler.
+#[derive(Debug, thiserror::Error)]
+pub enum InterruptError {
+    /// `sigaction` failed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Handler(String),
+}
+
+/// The real-time signal used to kick a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN() + 2
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal's only purpose is to make KVM_RUN return
+    // with EINTR.
+}
+
+/// Installs the kick handler once per process.
+pub fn install_handler() -> Result<(), InterruptError> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(InterruptError::Handler)
+}
+
+/// Where the running vCPU is: its `immediate_exit` byte and its thread.
+struct Target {
+    immediate_exit: *mut u8,
+    thread: libc::pthread_t,
+}
+
+// SAFETY: the pointer is only dereferenced while the mutex is held and the
+// vCPU it points into is alive (the vCPU thread clears the target under the
+// same mutex before it drops the vCPU); pthread_t is a plain thread id.
+unsafe impl Send for Target {}
+
+struct Inner {
+    target: Mutex<Option<Target>>,
+    reason: AtomicU8,
+}
+
+/// A cloneable handle that stops one guest run.
+#[derive(Clone)]
+pub struct Interrupter {
+    inner: Arc<Inner>,
+}
+
+impl Default for Interrupter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Interrupter {
+    /// A handle not yet attached to a running vCPU.
+    pub fn new() -> Self {
+        Interrupter {
+            inner: Arc::new(Inner {
+                target: Mutex::new(None),
+                reason: AtomicU8::new(StopReason::None as u8),
+            }),
+        }
+    }
+
+    fn target(&self) -> MutexGuard<'_, Option<Target>> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; the data (a pointer and a thread id) is still consistent.
+        self.inner
+            .target
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Stops the guest because of `reason`. Works before the run starts
+    /// (the run then ends at once), during it, and after it (no effect).
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.inner.reason.compare_exchange(
+            StopReason::None as u8,
+            reason as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        if let Some(t) = self.target().as_ref() {
+            // SAFETY: the target is set only while the vCPU (and so its
+            // kvm_run mapping) is alive, and we hold the lock that its
+            // removal takes. A volatile write: KVM reads the byte.
+            unsafe { std::ptr::write_volatile(t.immediate_exit, 1) };
+            // SAFETY: the thread id belongs to the vCPU thread, which is
+            // alive while the target is set; the signal has a handler.
+            unsafe { libc::pthread_kill(t.thread, kick_signal()) };
+        }
+    }
+
+    /// Stops the guest: an explicit kill.
+    pub fn kill(&self) {
+        self.stop(StopReason::Kill)
+    }
+
+    /// Why the guest was stopped, if it was.
+    pub fn reason(&self) -> StopReason {
+        match self.inner.reason.load(Ordering::SeqCst) {
+            1 => StopReason::Timeout,
+            2 => StopReason::Kill,
+            _ => StopReason::None,
+        }
+    }
+
+    /// Called on the vCPU thread before entering the guest.
+    pub(crate) fn attach(&self, immediate_exit: *mut u8) {
+        let mut target = self.target();
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        *target = Some(Target {
+            immediate_exit,
+            thread,
+        });
+        if self.reason() != StopReason::None {
+            // SAFETY: the pointer comes from the live vCPU of this thread.
+            unsafe { std::ptr::write_volatile(immediate_exit, 1) };
+        }
+    }
+
+    /// Called on the vCPU thread before the vCPU is dropped.
+    pub(crate) fn detach(&self) {
+        *self.target() = None;
+    }
+}

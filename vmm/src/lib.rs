@@ -1,0 +1,35 @@
+//! The xos monitor: KVM virtual machines set up to run guest images at
+//! CPL3, with the xos hypercall ABI (`docs/ABI.md`).
+//!
+//! This crate knows nothing of isolation context factories; `icf` builds
+//! them on top of it.
+//!
+//! - [`kvm`]: the process-wide `/dev/kvm` handle and its probe.
+//! - [`memory`], [`arch`], [`machine`]: guest memory, long-mode set-up, the
+//!   VM and its vCPU.
+//! - [`loader`]: validating and loading ELF images.
+//! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
+//! - [`runner`], [`interrupt`], [`seccomp`], [`exit`]: running a guest to
+//!   its end and reporting how it ended.
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod exit;
+pub mod host_fn;
+pub mod hypercall;
+pub mod interrupt;
+pub mod io;
+pub mod kvm;
+pub mod layout;
+pub mod loader;
+pub mod machine;
+pub mod memory;
+pub mod runner;
+pub mod seccomp;
+
+pub use exit::{Fault, GuestExit, GuestRegs, RunStats};
+pub use host_fn::HostFunctions;
+pub use interrupt::Interrupter;
+pub use io::{GuestIo, SharedBuffer};
+pub use loader::{ImageError, Program};
+pub use runner::{run_program, RunConfig, RunError, RunOutcome};

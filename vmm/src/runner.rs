@@ -1,0 +1,360 @@
+//! Running a program to completion: the vCPU thread, its seccomp filter,
+//! the exit loop, timeouts.
+//!
+//! The caller's thread creates the VM and prepares memory; a dedicated vCPU
+//! thread (under the seccomp filter) runs the guest and serves its
+//! hypercalls; the caller waits with the time limit. When the guest is
+//! done the vCPU thread first hands the result back and only then tears the
+//! VM down, so the ~0.3-3 ms it takes to close a VM is off the caller's
+//! path.
+
+use crate::arch::cpu::Privilege;
+use crate::arch::interrupts::{has_error_code, STUB_PUSHED};
+use crate::exit::{Exception, Fault, GuestExit, GuestRegs, RunStats};
+use crate::host_fn::HostFunctions;
+use crate::hypercall::{HypercallError, Hypercalls, Next};
+use crate::interrupt::{install_handler, InterruptError, Interrupter, StopReason};
+use crate::io::GuestIo;
+use crate::layout::{BootSetup, GuestLayout, LayoutError};
+use crate::loader::Program;
+use crate::machine::{Machine, MachineError};
+use crate::seccomp::{apply_vcpu_filter, SeccompError};
+use kvm_ioctls::VcpuExit;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use xos_abi::{layout, DOORBELL, FAULT_PORT};
+
+/// Host-side failures of a run (the guest's own failures are
+/// [`GuestExit`] values, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// Preparing guest memory failed.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Serving a hypercall failed on the host side.
+    #[error(transparent)]
+    Hypercall(#[from] HypercallError),
+    /// The seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The kick signal could not be installed.
+    #[error(transparent)]
+    Interrupt(#[from] InterruptError),
+    /// `KVM_RUN` failed.
+    #[error("KVM_RUN failed: {0}")]
+    Run(kvm_ioctls::Error),
+    /// The vCPU thread could not be started.
+    #[error("cannot start the vCPU thread: {0}")]
+    Spawn(std::io::Error),
+    /// The vCPU thread died without reporting (a monitor bug).
+    #[error("the vCPU thread ended without a result (it panicked; this is a bug in xos-vmm)")]
+    VcpuThreadLost,
+}
+
+/// What to run and how.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Guest memory in bytes (rounded up to 2 MiB).
+    pub mem_size: u64,
+    /// argv, including argv[0].
+    pub args: Vec<Vec<u8>>,
+    /// Environment, "KEY=VALUE".
+    pub env: Vec<Vec<u8>>,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Functions the guest may call.
+    pub host_functions: HostFunctions,
+    /// Install the vCPU seccomp filter (on by default).
+    pub seccomp: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            mem_size: crate::memory::DEFAULT_MEM_SIZE,
+            args: vec![b"guest".to_vec()],
+            env: Vec::new(),
+            timeout: None,
+            host_functions: HostFunctions::new(),
+            seccomp: true,
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// How the guest ended.
+    pub exit: GuestExit,
+    /// Counters.
+    pub stats: RunStats,
+    /// Wall time from entry to the guest's end.
+    pub guest_time: Duration,
+}
+
+/// A machine with a program loaded, ready to enter.
+pub struct PreparedRun {
+    machine: Machine,
+    hypercalls: Hypercalls,
+    timeout: Option<Duration>,
+    seccomp: bool,
+}
+
+impl PreparedRun {
+    /// Creates the VM and writes everything into guest memory.
+    pub fn new(program: &Program, config: &RunConfig, mut io: GuestIo) -> Result<Self, RunError> {
+        let mut machine = Machine::new(config.mem_size, Privilege::User)?;
+        let setup = BootSetup {
+            program,
+            args: &config.args,
+            env: &config.env,
+        };
+        let layout = GuestLayout::prepare(
+            machine.memory(),
+            machine.mem_size(),
+            true,
+            &setup,
+            &mut *io.stdin,
+        )?;
+        machine.set_entry(program.entry(), layout::STACK_TOP, layout::BOOT_INFO);
+        Ok(PreparedRun {
+            machine,
+            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
+            timeout: config.timeout,
+            seccomp: config.seccomp,
+        })
+    }
+
+    /// Runs the guest on the calling thread until it ends. `interrupter`
+    /// stops it from elsewhere. Returns the machine too, so the caller
+    /// decides where it is torn down.
+    pub fn run_here(
+        mut self,
+        interrupter: &Interrupter,
+    ) -> (Result<RunOutcome, RunError>, Machine) {
+        interrupter.attach(self.machine.immediate_exit_ptr());
+        let start = Instant::now();
+        let result = run_loop(
+            &mut self.machine,
+            &mut self.hypercalls,
+            interrupter,
+            self.timeout,
+        );
+        let guest_time = start.elapsed();
+        interrupter.detach();
+        let outcome = result.map(|(exit, exits)| RunOutcome {
+            exit,
+            stats: RunStats {
+                exits,
+                hypercalls: self.hypercalls.count,
+            },
+            guest_time,
+        });
+        (outcome, self.machine)
+    }
+
+    /// Runs the guest on a new vCPU thread under the seccomp filter, waits
+    /// for it with the time limit, and leaves the VM's tear-down to that
+    /// thread.
+    pub fn run(self, interrupter: &Interrupter) -> Result<RunOutcome, RunError> {
+        install_handler()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let timeout = self.timeout;
+        let seccomp = self.seccomp;
+        let thread_interrupter = interrupter.clone();
+        std::thread::Builder::new()
+            .name("xos-vcpu".into())
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = apply_vcpu_filter() {
+                        let _ = tx.send(Err(RunError::from(e)));
+                        return;
+                    }
+                }
+                let (result, machine) = self.run_here(&thread_interrupter);
+                let _ = tx.send(result);
+                drop(machine);
+            })
+            .map_err(RunError::Spawn)?;
+        let received = match timeout {
+            Some(limit) => match rx.recv_timeout(limit) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    interrupter.stop(StopReason::Timeout);
+                    rx.recv()
+                }
+                Ok(r) => Ok(r),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+            },
+            None => rx.recv(),
+        };
+        received.map_err(|_| RunError::VcpuThreadLost)?
+    }
+}
+
+/// Creates a VM for `program`, runs it to completion on a vCPU thread, and
+/// returns how it ended.
+pub fn run_program(
+    program: &Program,
+    config: &RunConfig,
+    io: GuestIo,
+    interrupter: &Interrupter,
+) -> Result<RunOutcome, RunError> {
+    PreparedRun::new(program, config, io)?.run(interrupter)
+}
+
+fn regs_or_default(machine: &Machine) -> Box<GuestRegs> {
+    Box::new(machine.registers().unwrap_or_default())
+}
+
+fn faulted(machine: &Machine, fault: Fault) -> GuestExit {
+    GuestExit::Faulted {
+        fault,
+        regs: regs_or_default(machine),
+        mem_size: machine.mem_size(),
+    }
+}
+
+/// The exit loop. Returns how the guest ended and the number of exits.
+fn run_loop(
+    machine: &mut Machine,
+    hypercalls: &mut Hypercalls,
+    interrupter: &Interrupter,
+    timeout: Option<Duration>,
+) -> Result<(GuestExit, u64), RunError> {
+    let mut exits = 0u64;
+    loop {
+        let exit = machine.run();
+        exits += 1;
+        // Classify without holding the borrow of the kvm_run page.
+        let step = match exit {
+            Ok(VcpuExit::MmioWrite(DOORBELL, data)) => Step::Hypercall(doorbell_value(data)),
+            Ok(VcpuExit::IoOut(FAULT_PORT, data)) => {
+                Step::Exception(data.first().copied().unwrap_or(0xff))
+            }
+            Ok(VcpuExit::IoOut(port, _)) => Step::Fault(Fault::BadPort { port, write: true }),
+            Ok(VcpuExit::IoIn(port, _)) => Step::Fault(Fault::BadPort { port, write: false }),
+            Ok(VcpuExit::MmioRead(addr, _)) => {
+                Step::Fault(Fault::UnmappedAccess { addr, write: false })
+            }
+            Ok(VcpuExit::MmioWrite(addr, _)) => {
+                Step::Fault(Fault::UnmappedAccess { addr, write: true })
+            }
+            Ok(VcpuExit::Shutdown) => Step::Fault(Fault::TripleFault),
+            Ok(VcpuExit::InternalError) => Step::InternalError,
+            Ok(VcpuExit::FailEntry(reason, _)) => Step::Fault(Fault::FailedEntry { reason }),
+            Ok(VcpuExit::Intr) => Step::Interrupted,
+            Ok(other) => Step::Fault(Fault::UnexpectedExit(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR => Step::Interrupted,
+            Err(e) if e.errno() == libc::EAGAIN => Step::Continue,
+            Err(e) => return Err(RunError::Run(e)),
+        };
+        match step {
+            Step::Continue => {}
+            Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number)? {
+                Next::Resume => {}
+                Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
+                Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
+                Next::Fault(fault) => return Ok((faulted(machine, fault), exits)),
+            },
+            Step::Exception(vector) => {
+                let _ = hypercalls.drain_output(machine.memory());
+                return Ok((exception_exit(machine, vector), exits));
+            }
+            Step::InternalError => {
+                let suberror = machine.internal_suberror();
+                return Ok((faulted(machine, Fault::InternalError { suberror }), exits));
+            }
+            Step::Fault(fault) => {
+                // Deliver what the guest printed before it failed.
+                let _ = hypercalls.drain_output(machine.memory());
+                return Ok((faulted(machine, fault), exits));
+            }
+            Step::Interrupted => match interrupter.reason() {
+                StopReason::None => machine.clear_immediate_exit(),
+                StopReason::Timeout => {
+                    let _ = hypercalls.drain_output(machine.memory());
+                    let regs = regs_or_default(machine);
+                    let limit = timeout.unwrap_or_default();
+                    return Ok((GuestExit::TimedOut { limit, regs }, exits));
+                }
+                StopReason::Kill => return Ok((GuestExit::Killed, exits)),
+            },
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Hypercall(u32),
+    Exception(u8),
+    InternalError,
+    Fault(Fault),
+    Interrupted,
+}
+
+/// The value written to the doorbell (1, 2, 4 or 8 bytes; the low 32 bits
+/// are the hypercall number).
+fn doorbell_value(data: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    let n = data.len().min(4);
+    v[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(v)
+}
+
+/// Builds the fault report after an exception stub reported `vector`: the
+/// registers at the stub, corrected with what the CPU and the stub pushed on
+/// the exception stack.
+fn exception_exit(machine: &Machine, vector: u8) -> GuestExit {
+    let Ok((kregs, ksregs)) = machine.kvm_registers() else {
+        return faulted(
+            machine,
+            Fault::Exception(Exception {
+                vector,
+                error_code: None,
+            }),
+        );
+    };
+    if ksregs.cs.dpl != 0 {
+        // Only the CPL0 stubs may use the fault port.
+        return GuestExit::Faulted {
+            fault: Fault::BadPort {
+                port: FAULT_PORT,
+                write: true,
+            },
+            regs: Box::new(GuestRegs::from_kvm(&kregs, &ksregs)),
+            mem_size: machine.mem_size(),
+        };
+    }
+    let mut regs = GuestRegs::from_kvm(&kregs, &ksregs);
+    let sp = kregs.rsp;
+    let read = |off: u64| machine.read_u64(sp + off);
+    let error_code = if has_error_code(vector) {
+        read(STUB_PUSHED)
+    } else {
+        None
+    };
+    let frame = STUB_PUSHED + if has_error_code(vector) { 8 } else { 0 };
+    if let (Some(rdx), Some(rax), Some(rip), Some(cs), Some(rflags), Some(rsp)) = (
+        read(0),
+        read(8),
+        read(frame),
+        read(frame + 8),
+        read(frame + 16),
+        read(frame + 24),
+    ) {
+        regs.gpr[0] = rax;
+        regs.gpr[3] = rdx;
+        regs.rip = rip;
+        regs.rflags = rflags;
+        regs.rsp = rsp;
+        regs.cpl = (cs & 3) as u8;
+    }
+    GuestExit::Faulted {
+        fault: Fault::Exception(Exception { vector, error_code }),
+        regs: Box::new(regs),
+        mem_size: machine.mem_size(),
+    }
+}
