@@ -1,1 +1,197 @@
-//! placeholder
+//! xos-vmm: a KVM virtual machine monitor with pluggable isolation (the
+//! xOS Virtual Isolation Context layer).
+//!
+//! This crate is the facade other programs embed, and the `xos-vmm`
+//! command line. The pieces:
+//! - [`vmm`]: the monitor (KVM, guest memory, ELF loading, exits,
+//!   hypercalls, seccomp);
+//! - [`icf`]: the VIC layer (factories, registry, communication table);
+//! - [`Function`]: the embedding API: load a guest function once, call it
+//!   many times, each call in a fresh isolation context.
+//!
+//! ```no_run
+//! use xos_vmm::Function;
+//! # fn main() -> Result<(), xos_vmm::Error> {
+//! let upper = Function::from_file("fn.elf")?
+//!     .host_fn("shout", |input| Ok(input.to_ascii_uppercase()))
+//!     .timeout(std::time::Duration::from_secs(1));
+//! let result = upper.call(b"hello")?;
+//! println!("exit {:?}, stdout {:?}", result.exit, String::from_utf8_lossy(&result.stdout));
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod units;
+
+pub use icf;
+pub use vmm;
+
+use icf::{IcSpec, IsolationContextFactory, Registry, RegistryError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::{GuestExit, GuestIo, Program};
+
+/// Errors of the embedding API. Messages name the file and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The image file could not be read.
+    #[error("{}: {}", path.display(), describe_io(source))]
+    ReadImage {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The image is not a valid guest image.
+    #[error("{}: {source}", path.display())]
+    BadImage {
+        /// The file (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong.
+        source: vmm::ImageError,
+    },
+    /// The factory could not be resolved.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Creating or running the IC failed on the host side.
+    #[error(transparent)]
+    Icf(#[from] icf::IcfError),
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "is a directory, not an image file".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Reads and validates a guest image file.
+pub fn load_image(path: &Path) -> Result<Program, Error> {
+    let read_err = |source| Error::ReadImage {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(read_err(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+    }
+    if meta.len() > vmm::loader::MAX_IMAGE_SIZE {
+        return Err(Error::BadImage {
+            path: path.to_owned(),
+            source: vmm::ImageError::TooLarge(meta.len()),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    Program::parse(bytes).map_err(|source| Error::BadImage {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What one call returned.
+#[derive(Debug)]
+pub struct CallResult {
+    /// How the guest ended.
+    pub exit: GuestExit,
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// A guest function, validated once and called any number of times; each
+/// call runs in a fresh isolation context of the chosen kind (by default a
+/// virtine).
+#[derive(Clone)]
+pub struct Function {
+    factory: Arc<dyn IsolationContextFactory>,
+    spec: IcSpec,
+}
+
+impl Function {
+    /// A function from an image in memory.
+    pub fn from_elf(bytes: impl Into<Arc<[u8]>>) -> Result<Self, Error> {
+        let program = Program::parse(bytes).map_err(|source| Error::BadImage {
+            path: PathBuf::from("<memory>"),
+            source,
+        })?;
+        Self::from_program(program)
+    }
+
+    /// A function from an image file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::from_program(load_image(path.as_ref())?)
+    }
+
+    /// A function from an already validated program.
+    pub fn from_program(program: Program) -> Result<Self, Error> {
+        Ok(Function {
+            factory: Registry::builtin().resolve(icf::virtine::NAME)?,
+            spec: IcSpec::new(program),
+        })
+    }
+
+    /// Uses the factory named `icf` from `registry` instead of virtines.
+    pub fn on(mut self, registry: &Registry, icf: &str) -> Result<Self, Error> {
+        self.factory = registry.resolve(icf)?;
+        Ok(self)
+    }
+
+    /// Sets argv (argv[0] included).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Vec<u8>>,
+    {
+        self.spec.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the environment ("KEY=VALUE" entries).
+    pub fn env<I, S>(mut self, env: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Vec<u8>>,
+    {
+        self.spec.env = env.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the memory limit in bytes (rounded up to 2 MiB; 4 MiB..16 GiB).
+    pub fn mem(mut self, bytes: u64) -> Self {
+        self.spec.mem_size = bytes;
+        self
+    }
+
+    /// Stops a call that runs longer than `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.spec.timeout = Some(limit);
+        self
+    }
+
+    /// Offers a host function the guest may call by name (`HOST_CALL`).
+    /// It runs on the vCPU thread, under its seccomp filter.
+    pub fn host_fn<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    {
+        self.spec.host_functions.register(name, f);
+        self
+    }
+
+    /// Calls the function with `input` as its stdin, in a fresh IC.
+    pub fn call(&self, input: &[u8]) -> Result<CallResult, Error> {
+        let mut ic = self.factory.create(self.spec.clone())?;
+        let (io, stdout, stderr) = GuestIo::capture(input.to_vec());
+        let outcome = ic.run(io)?;
+        Ok(CallResult {
+            exit: outcome.exit,
+            stdout: stdout.take(),
+            stderr: stderr.take(),
+        })
+    }
+}

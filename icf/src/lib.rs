@@ -1,1 +1,29 @@
-//! placeholder
+//! The Virtual Isolation Context (VIC) layer of xOS: isolation context
+//! factories (ICFs) register here and create isolation contexts (ICs);
+//! communication mechanisms are registered per pair of ICF kinds.
+//!
+//! Where each VIC operation lives:
+//!
+//! | VIC operation | here |
+//! |---|---|
+//! | `ic_init` | [`IsolationContextFactory::init`] |
+//! | `get_icfs` | [`Registry::get_icfs`] |
+//! | `ic_create` | [`IsolationContextFactory::create`] |
+//! | `ic_switch_in` / `ic_switch_out` | [`IsolationContext::switch_in`] / [`IsolationContext::switch_out`] |
+//! | `ic_dump` / `ic_restore` | [`IsolationContext::dump`] / [`IsolationContextFactory::restore`] |
+//! | `register_com(a, b)` | [`Registry::register_com`], table in [`com`] |
+//! | `mutate(a, b)` | [`Registry::mutate`], through [`IsolationContextFactory::to_process`] and [`IsolationContextFactory::from_process`] |
+//!
+//! Factories: [`virtine`] (a fresh micro-VM per run).
+#![deny(missing_docs)]
+
+pub mod com;
+pub mod error;
+pub mod factory;
+pub mod registry;
+pub mod virtine;
+
+pub use com::{ComMechanism, ComTable};
+pub use error::IcfError;
+pub use factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage};
+pub use registry::{IcfInfo, Registry, RegistryError};

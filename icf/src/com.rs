@@ -1,0 +1,84 @@
+//! Communication mechanisms and the `register_com` table: which mechanisms
+//! can connect ICs of which two kinds.
+
+use std::collections::BTreeMap;
+
+/// A way for execution flows in two ICs to exchange messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComMechanism {
+    /// The guest exits to the monitor, which relays the message (the
+    /// hypercall ABI: `HOST_CALL` to a host function).
+    HypercallRelay,
+}
+
+impl ComMechanism {
+    /// Short name for tables and benchmark records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ComMechanism::HypercallRelay => "hypercall",
+        }
+    }
+
+    /// One line saying how it works.
+    pub fn description(&self) -> &'static str {
+        match self {
+            ComMechanism::HypercallRelay => {
+                "guest exits to the monitor (MMIO doorbell), which calls the peer and resumes the guest"
+            }
+        }
+    }
+}
+
+/// Mechanisms registered per unordered pair of IC kinds. `"host"` names the
+/// monitor process itself (the embedder).
+#[derive(Clone, Debug, Default)]
+pub struct ComTable {
+    pairs: BTreeMap<(String, String), Vec<ComMechanism>>,
+}
+
+fn key(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
+}
+
+impl ComTable {
+    /// `register_com(a, b)`: `mechanism` can connect ICs of kinds `a` and
+    /// `b` (in either direction). Registering twice is harmless.
+    pub fn register(&mut self, a: &str, b: &str, mechanism: ComMechanism) {
+        let list = self.pairs.entry(key(a, b)).or_default();
+        if !list.contains(&mechanism) {
+            list.push(mechanism);
+        }
+    }
+
+    /// Mechanisms registered between `a` and `b`.
+    pub fn between(&self, a: &str, b: &str) -> &[ComMechanism] {
+        self.pairs.get(&key(a, b)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every registered pair with its mechanisms.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str, &[ComMechanism])> {
+        self.pairs
+            .iter()
+            .map(|((a, b), m)| (a.as_str(), b.as_str(), m.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_unordered_and_deduplicated() {
+        let mut t = ComTable::default();
+        t.register("virtine", "host", ComMechanism::HypercallRelay);
+        t.register("host", "virtine", ComMechanism::HypercallRelay);
+        assert_eq!(t.between("host", "virtine"), &[ComMechanism::HypercallRelay]);
+        assert_eq!(t.between("virtine", "host"), &[ComMechanism::HypercallRelay]);
+        assert!(t.between("virtine", "virtine").is_empty());
+        assert_eq!(t.pairs().count(), 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! The interface every isolation context factory implements (the VIC
+//! interface of the xOS paper), and the isolation contexts they create.
+
+use crate::error::IcfError;
+use std::time::Duration;
+use vmm::{GuestIo, HostFunctions, Interrupter, Program, RunOutcome};
+
+/// Whether a factory can be used on this machine, from its `init` probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Ready.
+    Available,
+    /// Not usable; the reason says what is missing and what to do.
+    Unavailable(String),
+}
+
+impl Availability {
+    /// True when available.
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// What an IC is created from: the image and how to run it.
+#[derive(Clone, Debug)]
+pub struct IcSpec {
+    /// The validated image.
+    pub program: Program,
+    /// Memory limit in bytes.
+    pub mem_size: u64,
+    /// argv, including argv[0].
+    pub args: Vec<Vec<u8>>,
+    /// "KEY=VALUE" environment entries.
+    pub env: Vec<Vec<u8>>,
+    /// Time limit of one run.
+    pub timeout: Option<Duration>,
+    /// Host functions the IC may call.
+    pub host_functions: HostFunctions,
+}
+
+impl IcSpec {
+    /// A spec with default memory, no arguments beyond argv[0] = "guest",
+    /// no time limit and no host functions.
+    pub fn new(program: Program) -> Self {
+        IcSpec {
+            program,
+            mem_size: vmm::memory::DEFAULT_MEM_SIZE,
+            args: vec![b"guest".to_vec()],
+            env: Vec::new(),
+            timeout: None,
+            host_functions: HostFunctions::new(),
+        }
+    }
+}
+
+/// An IC's complete state in the pivot form used by `mutate`: a process
+/// image (memory and registers) that every factory can convert to and from.
+/// Defined now so that factories agree on it; the first conversions arrive
+/// with the process ICF.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessImage {
+    /// Memory regions: guest address and contents.
+    pub regions: Vec<(u64, Vec<u8>)>,
+    /// General registers.
+    pub regs: vmm::GuestRegs,
+}
+
+/// One isolation context: an instance of an isolation domain in which an
+/// execution flow runs.
+pub trait IsolationContext: Send {
+    /// The kind (the name of the factory that created it).
+    fn kind(&self) -> &'static str;
+
+    /// Runs the IC's execution flow until it ends, with `io` as its
+    /// standard streams.
+    fn run(&mut self, io: GuestIo) -> Result<RunOutcome, IcfError>;
+
+    /// A handle that stops the running execution flow from another thread.
+    fn interrupter(&self) -> Interrupter;
+
+    /// `ic_switch_in`: the scheduler is putting an execution flow of this IC
+    /// on a CPU. Kinds whose CPUs the host kernel schedules need nothing.
+    fn switch_in(&mut self) -> Result<(), IcfError> {
+        Ok(())
+    }
+
+    /// `ic_switch_out`: the scheduler took an execution flow of this IC off
+    /// a CPU.
+    fn switch_out(&mut self) -> Result<(), IcfError> {
+        Ok(())
+    }
+
+    /// `ic_dump`: the IC's complete state as bytes.
+    fn dump(&self) -> Result<Vec<u8>, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: self.kind(),
+            operation: "ic_dump",
+        })
+    }
+}
+
+/// A factory of isolation contexts of one kind (`virtine`, `vm`, `process`,
+/// ...). Factories register with the [`crate::Registry`].
+pub trait IsolationContextFactory: Send + Sync {
+    /// The kind's name, as used by `--icf`.
+    fn name(&self) -> &'static str;
+
+    /// One line saying what an IC of this kind is.
+    fn description(&self) -> &'static str;
+
+    /// `ic_init`: checks that the hardware and kernel features this kind
+    /// needs exist. Cheap to call again.
+    fn init(&self) -> Availability;
+
+    /// `ic_create`: a new IC from `spec`.
+    fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError>;
+
+    /// `ic_restore`: an IC from bytes produced by [`IsolationContext::dump`].
+    fn restore(&self, _state: &[u8]) -> Result<Box<dyn IsolationContext>, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: self.name(),
+            operation: "ic_restore",
+        })
+    }
+
+    /// The `mutate` pivot, outbound: converts an IC of this kind into a
+    /// process image.
+    fn to_process(&self, _ic: Box<dyn IsolationContext>) -> Result<ProcessImage, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: self.name(),
+            operation: "mutate to process",
+        })
+    }
+
+    /// The `mutate` pivot, inbound: an IC of this kind from a process image.
+    fn from_process(&self, _image: ProcessImage) -> Result<Box<dyn IsolationContext>, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: self.name(),
+            operation: "mutate from process",
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! The registry of isolation context factories (`get_icfs`), the
+//! `register_com` table, and `mutate` through the process pivot.
+
+use crate::com::{ComMechanism, ComTable};
+use crate::error::IcfError;
+use crate::factory::{Availability, IsolationContext, IsolationContextFactory};
+use std::sync::Arc;
+
+/// Errors resolving a factory by name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// No factory of that name.
+    #[error("unknown isolation context factory '{name}'; registered: {}", known.join(", "))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// Registered names.
+        known: Vec<String>,
+    },
+    /// The factory exists but its probe failed.
+    #[error("the '{name}' isolation context factory is unavailable here: {reason}")]
+    Unavailable {
+        /// The factory.
+        name: String,
+        /// Its probe's reason.
+        reason: String,
+    },
+    /// A factory of that name is already registered.
+    #[error("an isolation context factory named '{0}' is already registered")]
+    Duplicate(String),
+}
+
+/// A registered factory as `get_icfs` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IcfInfo {
+    /// Name.
+    pub name: &'static str,
+    /// What its ICs are.
+    pub description: &'static str,
+    /// Its probe's result.
+    pub availability: Availability,
+}
+
+/// The VIC layer's registry.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: Vec<Arc<dyn IsolationContextFactory>>,
+    com: ComTable,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The registry with every factory built into xos-vmm and their
+    /// communication mechanisms.
+    pub fn builtin() -> Self {
+        let mut r = Registry::new();
+        // Registering into an empty registry cannot collide.
+        let _ = r.register(Arc::new(crate::virtine::VirtineFactory));
+        r.register_com("virtine", "host", ComMechanism::HypercallRelay);
+        r
+    }
+
+    /// Adds a factory. Names are unique.
+    pub fn register(&mut self, factory: Arc<dyn IsolationContextFactory>) -> Result<(), RegistryError> {
+        if self.factories.iter().any(|f| f.name() == factory.name()) {
+            return Err(RegistryError::Duplicate(factory.name().to_owned()));
+        }
+        self.factories.push(factory);
+        Ok(())
+    }
+
+    /// `register_com(a, b)`.
+    pub fn register_com(&mut self, a: &str, b: &str, mechanism: ComMechanism) {
+        self.com.register(a, b, mechanism);
+    }
+
+    /// The communication table.
+    pub fn com(&self) -> &ComTable {
+        &self.com
+    }
+
+    /// `get_icfs`: every registered factory with its availability, probed now.
+    pub fn get_icfs(&self) -> Vec<IcfInfo> {
+        self.factories
+            .iter()
+            .map(|f| IcfInfo {
+                name: f.name(),
+                description: f.description(),
+                availability: f.init(),
+            })
+            .collect()
+    }
+
+    /// The factory named `name`, if registered and available.
+    pub fn resolve(&self, name: &str) -> Result<Arc<dyn IsolationContextFactory>, RegistryError> {
+        let Some(f) = self.factories.iter().find(|f| f.name() == name) else {
+            return Err(RegistryError::Unknown {
+                name: name.to_owned(),
+                known: self.factories.iter().map(|f| f.name().to_owned()).collect(),
+            });
+        };
+        match f.init() {
+            Availability::Available => Ok(f.clone()),
+            Availability::Unavailable(reason) => Err(RegistryError::Unavailable {
+                name: name.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    /// `mutate(a, b)`: turns `ic` into an IC of kind `to`, through the
+    /// process pivot (`to_process` of its factory, then `from_process` of
+    /// the target's). Kinds that cannot convert give
+    /// [`IcfError::Unsupported`].
+    pub fn mutate(&self, ic: Box<dyn IsolationContext>, to: &str) -> Result<Box<dyn IsolationContext>, MutateError> {
+        let from = self.resolve(ic.kind())?;
+        let target = self.resolve(to)?;
+        if from.name() == target.name() {
+            return Ok(ic);
+        }
+        let image = from.to_process(ic)?;
+        Ok(target.from_process(image)?)
+    }
+}
+
+/// Errors of [`Registry::mutate`].
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError {
+    /// A kind could not be resolved.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A factory refused or failed the conversion.
+    #[error(transparent)]
+    Icf(#[from] IcfError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factory::IcSpec;
+
+    struct Fake(&'static str, Availability);
+    impl IsolationContextFactory for Fake {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn description(&self) -> &'static str {
+            "test"
+        }
+        fn init(&self) -> Availability {
+            self.1.clone()
+        }
+        fn create(&self, _: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {
+            Err(IcfError::Unsupported {
+                icf: self.0,
+                operation: "ic_create",
+            })
+        }
+    }
+
+    #[test]
+    fn resolve_reports_unknown_and_unavailable_factories() {
+        let mut r = Registry::new();
+        r.register(Arc::new(Fake("a", Availability::Available))).unwrap();
+        r.register(Arc::new(Fake("b", Availability::Unavailable("no /dev/b".into()))))
+            .unwrap();
+        assert!(r.resolve("a").is_ok());
+        let unknown = r.resolve("zzz").err().unwrap();
+        assert_eq!(unknown.to_string(), "unknown isolation context factory 'zzz'; registered: a, b");
+        let unavailable = r.resolve("b").err().unwrap();
+        assert!(unavailable.to_string().contains("no /dev/b"), "{unavailable}");
+        assert_eq!(
+            r.register(Arc::new(Fake("a", Availability::Available))),
+            Err(RegistryError::Duplicate("a".into()))
+        );
+        assert_eq!(r.get_icfs().len(), 2);
+    }
+
+    #[test]
+    fn builtin_registers_the_virtine_factory_and_its_mechanism() {
+        let r = Registry::builtin();
+        assert!(r.get_icfs().iter().any(|i| i.name == "virtine"));
+        assert_eq!(r.com().between("host", "virtine"), &[ComMechanism::HypercallRelay]);
+    }
+}
