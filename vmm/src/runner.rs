@@ -95,12 +95,17 @@ pub struct RunOutcome {
     pub guest_time: Duration,
 }
 
+/// Called each time a hypercall has been served and the guest is about to
+/// resume (benchmarks use it to time round trips on the real path).
+pub type ResumeHook = Box<dyn FnMut() + Send>;
+
 /// A machine with a program loaded, ready to enter.
 pub struct PreparedRun {
     machine: Machine,
     hypercalls: Hypercalls,
     timeout: Option<Duration>,
     seccomp: bool,
+    on_resume: Option<ResumeHook>,
 }
 
 impl PreparedRun {
@@ -125,7 +130,14 @@ impl PreparedRun {
             hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
             timeout: config.timeout,
             seccomp: config.seccomp,
+            on_resume: None,
         })
+    }
+
+    /// Installs a hook called whenever a hypercall has been served and the
+    /// guest resumes.
+    pub fn on_resume(&mut self, hook: ResumeHook) {
+        self.on_resume = Some(hook);
     }
 
     /// Runs the guest on the calling thread until it ends. `interrupter`
@@ -223,6 +235,7 @@ fn run_loop(
     hypercalls: &mut Hypercalls,
     interrupter: &Interrupter,
     timeout: Option<Duration>,
+    mut on_resume: Option<&mut ResumeHook>,
 ) -> Result<(GuestExit, u64), RunError> {
     let mut exits = 0u64;
     loop {
@@ -254,7 +267,11 @@ fn run_loop(
         match step {
             Step::Continue => {}
             Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number)? {
-                Next::Resume => {}
+                Next::Resume => {
+                    if let Some(hook) = on_resume.as_mut() {
+                        hook();
+                    }
+                }
                 Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
                 Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
                 Next::Fault(fault) => return Ok((faulted(machine, fault), exits)),
