@@ -154,6 +154,7 @@ impl PreparedRun {
             &mut self.hypercalls,
             interrupter,
             self.timeout,
+            self.on_resume.as_mut(),
         );
         let guest_time = start.elapsed();
         interrupter.detach();
