@@ -7,13 +7,15 @@
 //! - [`kvm`]: the process-wide `/dev/kvm` handle and its probe.
 //! - [`memory`], [`arch`], [`machine`]: guest memory, long-mode set-up, the
 //!   VM and its vCPU.
-//! - [`loader`]: validating and loading ELF images.
+//! - [`loader`]: validating and loading ELF images; [`elf_writer`] makes
+//!   tiny ones for tests and benchmarks.
 //! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
 //! - [`runner`], [`interrupt`], [`seccomp`], [`exit`]: running a guest to
 //!   its end and reporting how it ended.
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod elf_writer;
 pub mod exit;
 pub mod host_fn;
 pub mod hypercall;
