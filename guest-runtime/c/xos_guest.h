@@ -1,0 +1,212 @@
+/* xos_guest.h: the public header of the xos C guest runtime (libxos.a).
+ *
+ * A C guest is an ordinary `int main(int argc, char **argv)` linked with
+ * crt0.o + libxos.a + libgcc and guest-runtime/xos-guest.ld (use `xos-cc`).
+ * The runtime implements a small libc subset on top of the xos guest ABI v1
+ * (docs/ABI.md): output is buffered in guest memory and handed to the monitor
+ * at the next hypercall (normally the final EXIT), stdin is read from the
+ * buffer the monitor filled before entry, and the heap is
+ * [BootInfo.heap_start, BootInfo.heap_end).
+ *
+ * The standard headers in guest-runtime/c/include (stdio.h, stdlib.h,
+ * string.h, ctype.h, unistd.h, errno.h, assert.h, limits.h, inttypes.h) all
+ * include this file, so ordinary C sources compile unchanged. */
+#ifndef XOS_GUEST_H
+#define XOS_GUEST_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "xos_abi.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define XOS_NORETURN __attribute__((noreturn))
+#define XOS_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+/* ---- xos extras -------------------------------------------------------- */
+
+/* The BootInfo the monitor passed at entry (valid from before main on). */
+const struct xos_boot_info *xos_boot_info(void);
+
+/* Issues hypercall `nr` (XOS_HC_*) with up to six arguments and returns
+ * BootInfo.hypercall.ret (>= 0 success, < 0 one of the XOS_E* errors).
+ * Pending buffered output is written out by the monitor first. EXIT and
+ * ABORT do not return. */
+long xos_hypercall(unsigned nr, uint64_t a0, uint64_t a1, uint64_t a2,
+                   uint64_t a3, uint64_t a4, uint64_t a5);
+
+/* Calls the embedder's host function `name` with `in_len` bytes at `in`; its
+ * output is copied to `out` (capacity `out_cap`). Returns the output length,
+ * or a negative XOS_E* error (XOS_ENOENT: no such function, XOS_E2BIG:
+ * output larger than out_cap, XOS_EHOSTFN: the function failed, ...). */
+long xos_host_call(const char *name, const void *in, size_t in_len, void *out,
+                   size_t out_cap);
+
+/* Hands all buffered stdout/stderr output to the monitor now (one exit). */
+void xos_flush(void);
+
+/* ---- errno ------------------------------------------------------------- */
+
+extern int errno;
+#define EPERM 1
+#define ENOENT 2
+#define EIO 5
+#define E2BIG 7
+#define EBADF 9
+#define ENOMEM 12
+#define EFAULT 14
+#define EINVAL 22
+#define ENOSPC 28
+#define ESPIPE 29
+#define EDOM 33
+#define ERANGE 34
+#define ENOSYS 38
+
+/* ---- unistd ------------------------------------------------------------ */
+
+typedef long ssize_t;
+
+#define STDIN_FILENO 0
+#define STDOUT_FILENO 1
+#define STDERR_FILENO 2
+
+/* fd 0 only: consumes the stdin buffer, refilling it with READ_STDIN when
+ * it is empty and the monitor has not reported end of input. Returns the
+ * number of bytes read, 0 at end of input, -1 (errno set) on error. */
+ssize_t read(int fd, void *buf, size_t n);
+/* fd 1/2 only: appends to the output buffer (or uses the WRITE hypercall for
+ * data larger than the buffer). Returns n, or -1 (errno set) on error. */
+ssize_t write(int fd, const void *buf, size_t n);
+/* Ends the run immediately with `code & 0xff` (no atexit handlers; the
+ * monitor still writes out buffered output). */
+XOS_NORETURN void _exit(int code);
+
+/* ---- stdlib ------------------------------------------------------------ */
+
+#define EXIT_SUCCESS 0
+#define EXIT_FAILURE 1
+#define RAND_MAX 0x7fffffff
+
+extern char **environ;
+
+void *malloc(size_t size);
+void *calloc(size_t n, size_t size);
+void *realloc(void *ptr, size_t size);
+void free(void *ptr);
+
+/* Runs atexit handlers (last registered first), then EXIT; the monitor
+ * writes out the buffered output as part of EXIT. */
+XOS_NORETURN void exit(int code);
+/* Ends the run as aborted (ABORT hypercall, message "abort() called"). */
+XOS_NORETURN void abort(void);
+int atexit(void (*fn)(void));
+char *getenv(const char *name);
+
+long strtol(const char *s, char **end, int base);
+unsigned long strtoul(const char *s, char **end, int base);
+long long strtoll(const char *s, char **end, int base);
+unsigned long long strtoull(const char *s, char **end, int base);
+int atoi(const char *s);
+long atol(const char *s);
+long long atoll(const char *s);
+int abs(int v);
+long labs(long v);
+long long llabs(long long v);
+void qsort(void *base, size_t n, size_t size,
+           int (*cmp)(const void *, const void *));
+int rand(void);
+void srand(unsigned seed);
+
+/* ---- string ------------------------------------------------------------ */
+
+void *memcpy(void *__restrict dst, const void *__restrict src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+void *memchr(const void *s, int c, size_t n);
+size_t strlen(const char *s);
+size_t strnlen(const char *s, size_t max);
+int strcmp(const char *a, const char *b);
+int strncmp(const char *a, const char *b, size_t n);
+char *strcpy(char *__restrict dst, const char *__restrict src);
+char *strncpy(char *__restrict dst, const char *__restrict src, size_t n);
+char *strcat(char *__restrict dst, const char *__restrict src);
+char *strncat(char *__restrict dst, const char *__restrict src, size_t n);
+char *strchr(const char *s, int c);
+char *strrchr(const char *s, int c);
+char *strstr(const char *hay, const char *needle);
+char *strpbrk(const char *s, const char *accept);
+size_t strspn(const char *s, const char *accept);
+size_t strcspn(const char *s, const char *reject);
+char *strdup(const char *s);
+char *strndup(const char *s, size_t n);
+char *strerror(int err);
+
+/* ---- ctype ------------------------------------------------------------- */
+
+int isspace(int c);
+int isdigit(int c);
+int isalpha(int c);
+int isalnum(int c);
+int isupper(int c);
+int islower(int c);
+int isxdigit(int c);
+int isprint(int c);
+int isgraph(int c);
+int ispunct(int c);
+int iscntrl(int c);
+int isblank(int c);
+int toupper(int c);
+int tolower(int c);
+
+/* ---- stdio ------------------------------------------------------------- */
+
+#define EOF (-1)
+#define BUFSIZ 4096
+
+/* FILE objects are tokens for the three standard streams; there are no
+ * files. stdout and stderr share the output buffer (records keep their
+ * order); nothing is line buffered: output reaches the host at the next
+ * hypercall (exit, xos_flush, fflush, a full buffer, a stdin refill). */
+typedef struct xos_file FILE;
+extern FILE *stdin;
+extern FILE *stdout;
+extern FILE *stderr;
+
+XOS_PRINTF(1, 2) int printf(const char *fmt, ...);
+XOS_PRINTF(2, 3) int fprintf(FILE *f, const char *fmt, ...);
+XOS_PRINTF(2, 3) int sprintf(char *buf, const char *fmt, ...);
+XOS_PRINTF(3, 4) int snprintf(char *buf, size_t cap, const char *fmt, ...);
+XOS_PRINTF(1, 0) int vprintf(const char *fmt, va_list ap);
+XOS_PRINTF(2, 0) int vfprintf(FILE *f, const char *fmt, va_list ap);
+XOS_PRINTF(2, 0) int vsprintf(char *buf, const char *fmt, va_list ap);
+XOS_PRINTF(3, 0)
+int vsnprintf(char *buf, size_t cap, const char *fmt, va_list ap);
+
+int puts(const char *s);
+int fputs(const char *s, FILE *f);
+int putchar(int c);
+int fputc(int c, FILE *f);
+int putc(int c, FILE *f);
+size_t fwrite(const void *p, size_t size, size_t n, FILE *f);
+int fflush(FILE *f);
+
+int getchar(void);
+int fgetc(FILE *f);
+int getc(FILE *f);
+int ungetc(int c, FILE *f);
+char *fgets(char *buf, int cap, FILE *f);
+size_t fread(void *p, size_t size, size_t n, FILE *f);
+int feof(FILE *f);
+int ferror(FILE *f);
+void clearerr(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,98 @@
+/* faults MODE [ARGS]: misbehaves on purpose, for the monitor's tests.
+ *
+ *   null               read address 0 (null guard page)          -> #PF
+ *   unmapped           write 0x4000000000, beyond guest memory   -> #PF
+ *   system             write 0x1000, the supervisor-only area    -> #PF
+ *   ud                 execute ud2                               -> #UD
+ *   div0               integer division by zero                  -> #DE
+ *   gp                 execute hlt (privileged at CPL3)          -> #GP
+ *   loop               spin forever (for --timeout)
+ *   stack              unbounded recursion into the stack guard  -> #PF
+ *   abort              abort()                                   -> ABORT
+ *   exit N             exit(N)
+ *   badptr             WRITE hypercall with a pointer outside guest memory;
+ *                      prints "write returned <ret>" (expect -14, EFAULT)
+ *   bigout             prints 300000 'x' and a newline (output flushes)
+ *   hostcall NAME IN   xos_host_call(NAME, IN) with a 4096-byte output
+ *                      buffer; prints "ret=<ret> out=<output>"
+ *
+ * A fault mode that does not fault prints "faults: MODE did not fault" to
+ * stderr and exits 3. Bad usage exits 2. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xos_guest.h>
+
+#define FAR_AWAY 0x4000000000ull /* 256 GiB: above any guest memory size */
+
+static volatile int sink;
+
+__attribute__((noinline)) static int recurse(volatile char *up, int depth)
+{
+    volatile char frame[1024];
+    frame[0] = up ? up[0] : 0;
+    if (depth == -1) /* never: keeps the recursion formally finite */
+        return frame[0];
+    return recurse(frame, depth + 1) + frame[1];
+}
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: faults null|unmapped|system|ud|div0|gp|loop|stack|abort|"
+            "badptr|bigout | exit N | hostcall NAME INPUT\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *m = argv[1];
+    if (!strcmp(m, "null")) {
+        sink = *(volatile int *)0;
+    } else if (!strcmp(m, "unmapped")) {
+        *(volatile char *)FAR_AWAY = 1;
+    } else if (!strcmp(m, "system")) {
+        *(volatile char *)0x1000 = 1;
+    } else if (!strcmp(m, "ud")) {
+        __asm__ volatile("ud2");
+    } else if (!strcmp(m, "div0")) {
+        volatile int a = 1, b = 0;
+        sink = a / b;
+    } else if (!strcmp(m, "gp")) {
+        __asm__ volatile("hlt");
+    } else if (!strcmp(m, "loop")) {
+        for (;;)
+            __asm__ volatile("" ::: "memory");
+    } else if (!strcmp(m, "stack")) {
+        sink = recurse(NULL, 0);
+    } else if (!strcmp(m, "abort")) {
+        abort();
+    } else if (!strcmp(m, "exit")) {
+        if (argc != 3)
+            return usage();
+        exit(atoi(argv[2]));
+    } else if (!strcmp(m, "badptr")) {
+        long r = xos_hypercall(XOS_HC_WRITE, 1, FAR_AWAY, 16, 0, 0, 0);
+        printf("write returned %ld\n", r);
+        return 0;
+    } else if (!strcmp(m, "bigout")) {
+        for (int i = 0; i < 300000; i++)
+            putchar('x');
+        putchar('\n');
+        return 0;
+    } else if (!strcmp(m, "hostcall")) {
+        if (argc != 4)
+            return usage();
+        static char out[4096];
+        long r = xos_host_call(argv[2], argv[3], strlen(argv[3]), out,
+                               sizeof(out));
+        printf("ret=%ld out=%.*s\n", r, r > 0 ? (int)r : 0, out);
+        return 0;
+    } else {
+        return usage();
+    }
+    fprintf(stderr, "faults: %s did not fault\n", m);
+    return 3;
+}

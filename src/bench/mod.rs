@@ -1,0 +1,362 @@
+//! Benchmarks (see `docs/BENCHMARKS.md`).
+//!
+//! `xos-vmm bench [--json] [FILTER]` runs the benchmarks whose name contains
+//! FILTER and prints a table (or, with `--json`, one JSON array) of
+//! per-sample statistics, followed by the ratios against the project's
+//! bars. The measurement functions live in [`measure`] so that the criterion
+//! benches (`benches/virtine.rs`) time exactly the same code.
+//!
+//! The six benchmarks:
+//! - `virtine.cold`: parse the `trivial-c` image, create the VM, run it on
+//!   its vCPU thread, collect the result;
+//! - `virtine.hypercall_roundtrip`: one NOP hypercall of `hcloop-c`, as the
+//!   time between consecutive resume-hook calls;
+//! - `kvm.exit_roundtrip`: the floor: a bare CPL3 loop writing the doorbell,
+//!   as the time between consecutive `KVM_RUN` returns;
+//! - `baseline.fork_wait`, `baseline.fork_exec_wait`,
+//!   `baseline.thread_spawn_join`: what a process or thread costs.
+//!
+//! Benchmarks named `breakdown.*` take the cold start apart (see
+//! [`breakdown`]); they run only when FILTER starts with `breakdown`.
+
+pub mod breakdown;
+pub mod measure;
+
+use anyhow::Context;
+use std::io::Write;
+
+pub use measure::{
+    measure_cold, measure_exit_roundtrip, measure_fork_exec_wait, measure_fork_wait,
+    measure_hypercall_roundtrip, measure_thread_spawn_join,
+};
+
+/// Arguments of `xos-vmm bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Print one JSON array of records instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only run benchmarks whose name contains this.
+    pub filter: Option<String>,
+}
+
+/// Samples taken by `xos-vmm bench` for `virtine.cold`.
+pub const COLD_SAMPLES: usize = 200;
+/// Round trips kept by `xos-vmm bench` for the two exit benchmarks (the
+/// guest performs this many plus the warm-up ones).
+pub const ROUNDTRIP_SAMPLES: usize = 2000;
+/// Samples for the process baselines.
+pub const PROCESS_SAMPLES: usize = 300;
+/// Samples for the thread baseline.
+pub const THREAD_SAMPLES: usize = 2000;
+
+/// Summary statistics of one benchmark, in nanoseconds (the `--json`
+/// record).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Benchmark name.
+    pub name: String,
+    /// Median sample.
+    pub median_ns: u64,
+    /// 10th percentile.
+    pub p10_ns: u64,
+    /// 90th percentile.
+    pub p90_ns: u64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+impl Record {
+    /// Summarizes `samples` (nanoseconds). `None` if there are none.
+    pub fn from_samples(name: &str, samples: &[u64]) -> Option<Record> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        Some(Record {
+            name: name.to_owned(),
+            median_ns: percentile(&sorted, 50),
+            p10_ns: percentile(&sorted, 10),
+            p90_ns: percentile(&sorted, 90),
+            samples: sorted.len(),
+        })
+    }
+}
+
+/// The `pct`th percentile of sorted, non-empty `sorted` (nearest rank; for
+/// an even count the median is the mean of the two middle samples).
+pub fn percentile(sorted: &[u64], pct: u32) -> u64 {
+    let n = sorted.len();
+    if pct == 50 && n % 2 == 0 {
+        let (a, b) = (sorted[n / 2 - 1], sorted[n / 2]);
+        return a / 2 + b / 2 + (a % 2 + b % 2) / 2;
+    }
+    let rank = (pct as usize * n).div_ceil(100).clamp(1, n);
+    sorted[rank - 1]
+}
+
+/// Whether a benchmark needs `/dev/kvm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    Kvm,
+    Nothing,
+}
+
+/// One benchmark of the command line.
+struct Bench {
+    name: &'static str,
+    needs: Needs,
+    run: fn() -> anyhow::Result<Vec<u64>>,
+}
+
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "virtine.cold",
+        needs: Needs::Kvm,
+        run: || measure_cold(COLD_SAMPLES),
+    },
+    Bench {
+        name: "virtine.hypercall_roundtrip",
+        needs: Needs::Kvm,
+        run: || measure_hypercall_roundtrip(ROUNDTRIP_SAMPLES),
+    },
+    Bench {
+        name: "kvm.exit_roundtrip",
+        needs: Needs::Kvm,
+        run: || measure_exit_roundtrip(ROUNDTRIP_SAMPLES),
+    },
+    Bench {
+        name: "baseline.fork_wait",
+        needs: Needs::Nothing,
+        run: || measure_fork_wait(PROCESS_SAMPLES),
+    },
+    Bench {
+        name: "baseline.fork_exec_wait",
+        needs: Needs::Nothing,
+        run: || measure_fork_exec_wait(PROCESS_SAMPLES),
+    },
+    Bench {
+        name: "baseline.thread_spawn_join",
+        needs: Needs::Nothing,
+        run: || measure_thread_spawn_join(THREAD_SAMPLES),
+    },
+];
+
+/// A ratio between two benchmarks' medians and the bar it must meet.
+pub struct Bar {
+    /// Numerator benchmark.
+    pub numerator: &'static str,
+    /// Denominator benchmark.
+    pub denominator: &'static str,
+    /// The ratio must be at most this.
+    pub max: f64,
+}
+
+/// The project's bars.
+pub const BARS: &[Bar] = &[
+    Bar {
+        numerator: "virtine.cold",
+        denominator: "baseline.fork_exec_wait",
+        max: 1.0,
+    },
+    Bar {
+        numerator: "virtine.hypercall_roundtrip",
+        denominator: "kvm.exit_roundtrip",
+        max: 1.1,
+    },
+];
+
+/// How one bar came out in a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BarResult {
+    /// Both benchmarks ran: their median ratio.
+    Ratio(f64),
+    /// One of them did not run (filtered out or skipped).
+    NotRun,
+}
+
+/// The bar's result from `records`.
+pub fn bar_result(bar: &Bar, records: &[Record]) -> BarResult {
+    let median = |name: &str| {
+        records
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.median_ns)
+    };
+    match (median(bar.numerator), median(bar.denominator)) {
+        (Some(n), Some(d)) if d > 0 => BarResult::Ratio(n as f64 / d as f64),
+        _ => BarResult::NotRun,
+    }
+}
+
+fn selected(name: &str, filter: Option<&str>) -> bool {
+    filter.is_none_or(|f| name.contains(f))
+}
+
+/// Runs `xos-vmm bench`.
+pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
+    let filter = args.filter.as_deref();
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    let mut ran = 0;
+
+    let kvm = vmm::kvm::probe();
+    let mut kvm_reported = false;
+    for bench in BENCHES.iter().filter(|b| selected(b.name, filter)) {
+        ran += 1;
+        if bench.needs == Needs::Kvm {
+            if let Err(e) = &kvm {
+                if !kvm_reported {
+                    eprintln!("KVM is not usable, skipping the KVM benchmarks: {e}");
+                    kvm_reported = true;
+                }
+                skipped.push(bench.name);
+                continue;
+            }
+        }
+        records.push(run_one(bench.name, bench.run)?);
+    }
+    if filter.is_some_and(|f| f.starts_with("breakdown")) {
+        match &kvm {
+            Err(e) => eprintln!("KVM is not usable, skipping the breakdown: {e}"),
+            Ok(()) => {
+                for (name, run) in breakdown::BENCHES {
+                    if selected(name, filter) {
+                        ran += 1;
+                        records.push(run_one(name, *run)?);
+                    }
+                }
+            }
+        }
+    }
+    if ran == 0 {
+        let names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
+        anyhow::bail!(
+            "no benchmark matches '{}'; the benchmarks are: {}, and breakdown.*",
+            filter.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &records).context("cannot write the JSON records")?;
+        writeln!(out)?;
+        for line in bar_lines(&records) {
+            eprintln!("{line}");
+        }
+    } else {
+        write!(out, "{}", table(&records))?;
+        for name in &skipped {
+            writeln!(out, "{name:<34} skipped (KVM not usable)")?;
+        }
+        writeln!(out)?;
+        for line in bar_lines(&records) {
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run_one(name: &str, run: fn() -> anyhow::Result<Vec<u64>>) -> anyhow::Result<Record> {
+    eprint!("running {name} ... ");
+    let start = std::time::Instant::now();
+    let samples = run().with_context(|| format!("benchmark {name} failed"))?;
+    let record = Record::from_samples(name, &samples)
+        .with_context(|| format!("benchmark {name} produced no samples"))?;
+    eprintln!(
+        "median {} µs ({} samples, {:.1} s)",
+        micros(record.median_ns),
+        record.samples,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(record)
+}
+
+/// Nanoseconds as microseconds with two decimals.
+fn micros(ns: u64) -> String {
+    format!("{:.2}", ns as f64 / 1000.0)
+}
+
+/// The result table.
+pub fn table(records: &[Record]) -> String {
+    let mut s = format!(
+        "{:<34} {:>11} {:>11} {:>11} {:>8}\n",
+        "benchmark", "median µs", "p10 µs", "p90 µs", "samples"
+    );
+    for r in records {
+        s += &format!(
+            "{:<34} {:>11} {:>11} {:>11} {:>8}\n",
+            r.name,
+            micros(r.median_ns),
+            micros(r.p10_ns),
+            micros(r.p90_ns),
+            r.samples
+        );
+    }
+    s
+}
+
+/// One line per bar: the ratio of medians and whether the bar is met.
+pub fn bar_lines(records: &[Record]) -> Vec<String> {
+    BARS.iter()
+        .map(|bar| {
+            let what = format!("{} / {}", bar.numerator, bar.denominator);
+            match bar_result(bar, records) {
+                BarResult::Ratio(r) => {
+                    let verdict = if r <= bar.max { "bar met" } else { "bar MISSED" };
+                    format!("{what} = {r:.3} (bar <= {:.1}): {verdict}", bar.max)
+                }
+                BarResult::NotRun => format!("{what}: not measured in this run"),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=10).collect();
+        assert_eq!(percentile(&v, 10), 1);
+        assert_eq!(percentile(&v, 50), 5); // (5 + 6) / 2 rounded down
+        assert_eq!(percentile(&v, 90), 9);
+        assert_eq!(percentile(&[7], 90), 7);
+        let odd = [3, 1, 2];
+        let r = Record::from_samples("x", &odd).unwrap();
+        assert_eq!((r.p10_ns, r.median_ns, r.p90_ns, r.samples), (1, 2, 3, 3));
+        assert!(Record::from_samples("x", &[]).is_none());
+    }
+
+    #[test]
+    fn bars() {
+        let rec = |name: &str, median_ns| Record {
+            name: name.into(),
+            median_ns,
+            p10_ns: 0,
+            p90_ns: 0,
+            samples: 1,
+        };
+        let records = vec![
+            rec("virtine.cold", 500),
+            rec("baseline.fork_exec_wait", 1000),
+            rec("virtine.hypercall_roundtrip", 60),
+        ];
+        assert_eq!(bar_result(&BARS[0], &records), BarResult::Ratio(0.5));
+        assert_eq!(bar_result(&BARS[1], &records), BarResult::NotRun);
+        let lines = bar_lines(&records);
+        assert!(lines[0].ends_with("bar met"), "{}", lines[0]);
+        assert!(lines[1].contains("not measured"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn filter() {
+        assert!(selected("virtine.cold", None));
+        assert!(selected("virtine.cold", Some("cold")));
+        assert!(!selected("kvm.exit_roundtrip", Some("cold")));
+    }
+}
