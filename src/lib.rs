@@ -77,7 +77,9 @@ pub fn load_image(path: &Path) -> Result<Program, Error> {
     };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.is_dir() {
-        return Err(read_err(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+        return Err(read_err(std::io::Error::from(
+            std::io::ErrorKind::IsADirectory,
+        )));
     }
     if meta.len() > vmm::loader::MAX_IMAGE_SIZE {
         return Err(Error::BadImage {

@@ -64,7 +64,11 @@ struct RunArgs {
     /// The guest image: a static ELF built by xos-cc, or @NAME for a built-in example.
     file: String,
     /// Arguments passed to the guest (after `--`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     args: Vec<OsString>,
 }
 
@@ -165,9 +169,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .collect();
     for entry in &args.env {
         if !entry.contains('=') {
-            return Err(usage(anyhow::anyhow!(
-                "--env {entry}: expected KEY=VALUE"
-            )));
+            return Err(usage(anyhow::anyhow!("--env {entry}: expected KEY=VALUE")));
         }
     }
     spec.env = args.env.into_iter().map(String::into_bytes).collect();

@@ -12,7 +12,9 @@ fn kvm_available() -> bool {
             if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
                 panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
             }
-            eprintln!("\n!!! SKIPPING KVM TEST: {e} (set XOS_REQUIRE_KVM=1 to make this a failure)\n");
+            eprintln!(
+                "\n!!! SKIPPING KVM TEST: {e} (set XOS_REQUIRE_KVM=1 to make this a failure)\n"
+            );
             false
         }
     }
@@ -72,7 +74,11 @@ fn hello_prints_its_arguments_in_c_and_rust() {
         return;
     }
     for name in ["hello-c", "hello-rs"] {
-        expect(&run(name, &["a", "b c", "-x"], b""), 0, "hello from a virtine: a b c -x\n");
+        expect(
+            &run(name, &["a", "b c", "-x"], b""),
+            0,
+            "hello from a virtine: a b c -x\n",
+        );
         expect(&run(name, &[], b""), 0, "hello from a virtine:\n");
     }
 }
@@ -86,7 +92,11 @@ fn built_in_images_are_named_with_an_at_sign() {
     expect(&out, 0, "hello from a virtine: hi\n");
     let out = xos(&["run", "@nope"], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no built-in image named 'nope'"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no built-in image named 'nope'"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -99,7 +109,11 @@ fn sum_adds_numbers_from_stdin() {
         expect(&run(name, &[], b""), 0, "0\n");
         let out = run(name, &[], b"1 two 3");
         assert_eq!(out.status.code(), Some(1), "{name}");
-        assert!(text(&out.stderr).contains("two"), "{name}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("two"),
+            "{name}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -128,7 +142,11 @@ fn wc_matches_the_host_wc() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("wc");
-    host.stdin.take().expect("stdin").write_all(input).expect("write");
+    host.stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
     let expected = text(&host.wait_with_output().expect("wc").stdout);
     for name in ["wc-c", "wc-rs"] {
         expect(&run(name, &[], input), 0, &expected);
@@ -140,10 +158,17 @@ fn echo_copies_a_large_binary_stream_exactly() {
     if !kvm_available() {
         return;
     }
-    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let input: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let out = run("echo-c", &[], &input);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(out.stdout == input, "output differs ({} bytes vs {})", out.stdout.len(), input.len());
+    assert!(
+        out.stdout == input,
+        "output differs ({} bytes vs {})",
+        out.stdout.len(),
+        input.len()
+    );
 }
 
 #[test]
@@ -158,9 +183,17 @@ fn the_guest_exit_code_becomes_the_process_exit_code() {
 
 #[track_caller]
 fn expect_crash(out: &Output, code: i32, message: &str) {
-    assert_eq!(out.status.code(), Some(code), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr: {}",
+        text(&out.stderr)
+    );
     let err = text(&out.stderr);
-    assert!(err.contains(message), "expected '{message}' in stderr:\n{err}");
+    assert!(
+        err.contains(message),
+        "expected '{message}' in stderr:\n{err}"
+    );
     assert!(err.contains("rip="), "registers missing:\n{err}");
 }
 
@@ -169,13 +202,29 @@ fn guest_faults_are_reported_with_their_kind_and_registers() {
     if !kvm_available() {
         return;
     }
-    expect_crash(&run("faults-c", &["null"], b""), 139, "null pointer dereference");
-    expect_crash(&run("faults-c", &["unmapped"], b""), 139, "outside guest memory");
-    expect_crash(&run("faults-c", &["system"], b""), 139, "supervisor-only system area");
+    expect_crash(
+        &run("faults-c", &["null"], b""),
+        139,
+        "null pointer dereference",
+    );
+    expect_crash(
+        &run("faults-c", &["unmapped"], b""),
+        139,
+        "outside guest memory",
+    );
+    expect_crash(
+        &run("faults-c", &["system"], b""),
+        139,
+        "supervisor-only system area",
+    );
     expect_crash(&run("faults-c", &["stack"], b""), 139, "stack overflow");
     expect_crash(&run("faults-c", &["ud"], b""), 132, "#UD invalid opcode");
     expect_crash(&run("faults-c", &["div0"], b""), 136, "#DE divide error");
-    expect_crash(&run("faults-c", &["gp"], b""), 139, "#GP general protection fault");
+    expect_crash(
+        &run("faults-c", &["gp"], b""),
+        139,
+        "#GP general protection fault",
+    );
 }
 
 #[test]
@@ -185,10 +234,18 @@ fn aborts_and_panics_are_reported_as_sigabrt() {
     }
     let out = run("faults-c", &["abort"], b"");
     assert_eq!(out.status.code(), Some(134));
-    assert!(text(&out.stderr).contains("abort() called"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("abort() called"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run("panic-rs", &[], b"");
     assert_eq!(out.status.code(), Some(134));
-    assert!(text(&out.stderr).contains("deliberate panic: 42"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("deliberate panic: 42"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -200,7 +257,11 @@ fn an_endless_loop_is_stopped_at_the_timeout_with_124() {
     let start = std::time::Instant::now();
     let out = xos(&["run", "--timeout", "300ms", &path, "--", "loop"], b"");
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("timed out after 300ms"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out after 300ms"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
 
@@ -209,7 +270,11 @@ fn bad_pointers_in_hypercalls_return_an_error_to_the_guest() {
     if !kvm_available() {
         return;
     }
-    expect(&run("faults-c", &["badptr"], b""), 0, "write returned -14\n");
+    expect(
+        &run("faults-c", &["badptr"], b""),
+        0,
+        "write returned -14\n",
+    );
 }
 
 #[test]
@@ -231,15 +296,28 @@ fn mem_bounds_guest_memory() {
     let path = image("hello-c");
     let out = xos(&["run", "--mem", "1M", &path], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("too small"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("too small"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = xos(&["run", "--mem", "lots", &path], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not a size"), "{}", text(&out.stderr));
-    expect(&xos(&["run", "--mem", "6M", &path], b""), 0, "hello from a virtine:\n");
+    assert!(
+        text(&out.stderr).contains("not a size"),
+        "{}",
+        text(&out.stderr)
+    );
+    expect(
+        &xos(&["run", "--mem", "6M", &path], b""),
+        0,
+        "hello from a virtine:\n",
+    );
 }
 
 fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("xos-cli-{}-{}", std::process::id(), rand_suffix()));
+    let dir =
+        std::env::temp_dir().join(format!("xos-cli-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
@@ -247,7 +325,12 @@ fn temp_dir() -> PathBuf {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().elapsed().map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -278,20 +361,38 @@ fn every_bad_file_gets_its_own_clear_error_and_exit_code_2() {
         b
     };
     expect_bad_file(&write("empty.elf", b""), "the file is empty");
-    expect_bad_file(&write("script.elf", b"#!/bin/sh\necho hi\n"), "not an ELF file");
-    expect_bad_file(&write("short.elf", &good[..30]), "shorter than an ELF64 header");
-    expect_bad_file(&write("cut.elf", &good[..good.len() - 8]), "the file is truncated");
+    expect_bad_file(
+        &write("script.elf", b"#!/bin/sh\necho hi\n"),
+        "not an ELF file",
+    );
+    expect_bad_file(
+        &write("short.elf", &good[..30]),
+        "shorter than an ELF64 header",
+    );
+    expect_bad_file(
+        &write("cut.elf", &good[..good.len() - 8]),
+        "the file is truncated",
+    );
     expect_bad_file(&write("elf32.elf", &patched(&|b| b[4] = 1)), "32-bit ELF");
     expect_bad_file(
-        &write("arm.elf", &patched(&|b| b[18..20].copy_from_slice(&183u16.to_le_bytes()))),
+        &write(
+            "arm.elf",
+            &patched(&|b| b[18..20].copy_from_slice(&183u16.to_le_bytes())),
+        ),
         "built for AArch64",
     );
     expect_bad_file(
-        &write("lib.so", &patched(&|b| b[16..18].copy_from_slice(&3u16.to_le_bytes()))),
+        &write(
+            "lib.so",
+            &patched(&|b| b[16..18].copy_from_slice(&3u16.to_le_bytes())),
+        ),
         "shared object",
     );
     expect_bad_file(
-        &write("entry.elf", &patched(&|b| b[24..32].copy_from_slice(&0x50_0000u64.to_le_bytes()))),
+        &write(
+            "entry.elf",
+            &patched(&|b| b[24..32].copy_from_slice(&0x50_0000u64.to_le_bytes())),
+        ),
         "entry point 0x500000 is not inside an executable segment",
     );
     let huge_bss = write_elf(
@@ -329,7 +430,10 @@ fn unknown_factories_list_the_registered_ones() {
     let out = xos(&["run", "--icf", "nosuch", "@hello-c"], b"");
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("unknown isolation context factory 'nosuch'; registered: virtine"), "{err}");
+    assert!(
+        err.contains("unknown isolation context factory 'nosuch'; registered: virtine"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -337,7 +441,10 @@ fn icfs_lists_the_virtine_factory_and_its_availability() {
     let out = xos(&["icfs", "--com"], b"");
     assert_eq!(out.status.code(), Some(0));
     let table = text(&out.stdout);
-    let line = table.lines().find(|l| l.starts_with("virtine")).expect("virtine row");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("virtine"))
+        .expect("virtine row");
     if kvm_available() {
         assert!(line.contains("available"), "{line}");
     }

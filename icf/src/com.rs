@@ -76,8 +76,14 @@ mod tests {
         let mut t = ComTable::default();
         t.register("virtine", "host", ComMechanism::HypercallRelay);
         t.register("host", "virtine", ComMechanism::HypercallRelay);
-        assert_eq!(t.between("host", "virtine"), &[ComMechanism::HypercallRelay]);
-        assert_eq!(t.between("virtine", "host"), &[ComMechanism::HypercallRelay]);
+        assert_eq!(
+            t.between("host", "virtine"),
+            &[ComMechanism::HypercallRelay]
+        );
+        assert_eq!(
+            t.between("virtine", "host"),
+            &[ComMechanism::HypercallRelay]
+        );
         assert!(t.between("virtine", "virtine").is_empty());
         assert_eq!(t.pairs().count(), 1);
     }

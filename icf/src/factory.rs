@@ -125,7 +125,7 @@ pub trait IsolationContextFactory: Send + Sync {
 
     /// The `mutate` pivot, outbound: converts an IC of this kind into a
     /// process image.
-    fn to_process(&self, _ic: Box<dyn IsolationContext>) -> Result<ProcessImage, IcfError> {
+    fn convert_to_process(&self, _ic: Box<dyn IsolationContext>) -> Result<ProcessImage, IcfError> {
         Err(IcfError::Unsupported {
             icf: self.name(),
             operation: "mutate to process",
@@ -133,7 +133,7 @@ pub trait IsolationContextFactory: Send + Sync {
     }
 
     /// The `mutate` pivot, inbound: an IC of this kind from a process image.
-    fn from_process(&self, _image: ProcessImage) -> Result<Box<dyn IsolationContext>, IcfError> {
+    fn convert_from_process(&self, _image: ProcessImage) -> Result<Box<dyn IsolationContext>, IcfError> {
         Err(IcfError::Unsupported {
             icf: self.name(),
             operation: "mutate from process",

@@ -12,7 +12,7 @@
 //! | `ic_switch_in` / `ic_switch_out` | [`IsolationContext::switch_in`] / [`IsolationContext::switch_out`] |
 //! | `ic_dump` / `ic_restore` | [`IsolationContext::dump`] / [`IsolationContextFactory::restore`] |
 //! | `register_com(a, b)` | [`Registry::register_com`], table in [`com`] |
-//! | `mutate(a, b)` | [`Registry::mutate`], through [`IsolationContextFactory::to_process`] and [`IsolationContextFactory::from_process`] |
+//! | `mutate(a, b)` | [`Registry::mutate`], through [`IsolationContextFactory::convert_to_process`] and [`IsolationContextFactory::convert_from_process`] |
 //!
 //! Factories: [`virtine`] (a fresh micro-VM per run).
 #![deny(missing_docs)]

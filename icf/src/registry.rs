@@ -65,7 +65,10 @@ impl Registry {
     }
 
     /// Adds a factory. Names are unique.
-    pub fn register(&mut self, factory: Arc<dyn IsolationContextFactory>) -> Result<(), RegistryError> {
+    pub fn register(
+        &mut self,
+        factory: Arc<dyn IsolationContextFactory>,
+    ) -> Result<(), RegistryError> {
         if self.factories.iter().any(|f| f.name() == factory.name()) {
             return Err(RegistryError::Duplicate(factory.name().to_owned()));
         }
@@ -113,17 +116,21 @@ impl Registry {
     }
 
     /// `mutate(a, b)`: turns `ic` into an IC of kind `to`, through the
-    /// process pivot (`to_process` of its factory, then `from_process` of
+    /// process pivot (`convert_to_process` of its factory, then `convert_from_process` of
     /// the target's). Kinds that cannot convert give
     /// [`IcfError::Unsupported`].
-    pub fn mutate(&self, ic: Box<dyn IsolationContext>, to: &str) -> Result<Box<dyn IsolationContext>, MutateError> {
+    pub fn mutate(
+        &self,
+        ic: Box<dyn IsolationContext>,
+        to: &str,
+    ) -> Result<Box<dyn IsolationContext>, MutateError> {
         let from = self.resolve(ic.kind())?;
         let target = self.resolve(to)?;
         if from.name() == target.name() {
             return Ok(ic);
         }
-        let image = from.to_process(ic)?;
-        Ok(target.from_process(image)?)
+        let image = from.convert_to_process(ic)?;
+        Ok(target.convert_from_process(image)?)
     }
 }
 
@@ -165,14 +172,24 @@ mod tests {
     #[test]
     fn resolve_reports_unknown_and_unavailable_factories() {
         let mut r = Registry::new();
-        r.register(Arc::new(Fake("a", Availability::Available))).unwrap();
-        r.register(Arc::new(Fake("b", Availability::Unavailable("no /dev/b".into()))))
+        r.register(Arc::new(Fake("a", Availability::Available)))
             .unwrap();
+        r.register(Arc::new(Fake(
+            "b",
+            Availability::Unavailable("no /dev/b".into()),
+        )))
+        .unwrap();
         assert!(r.resolve("a").is_ok());
         let unknown = r.resolve("zzz").err().unwrap();
-        assert_eq!(unknown.to_string(), "unknown isolation context factory 'zzz'; registered: a, b");
+        assert_eq!(
+            unknown.to_string(),
+            "unknown isolation context factory 'zzz'; registered: a, b"
+        );
         let unavailable = r.resolve("b").err().unwrap();
-        assert!(unavailable.to_string().contains("no /dev/b"), "{unavailable}");
+        assert!(
+            unavailable.to_string().contains("no /dev/b"),
+            "{unavailable}"
+        );
         assert_eq!(
             r.register(Arc::new(Fake("a", Availability::Available))),
             Err(RegistryError::Duplicate("a".into()))
@@ -184,6 +201,9 @@ mod tests {
     fn builtin_registers_the_virtine_factory_and_its_mechanism() {
         let r = Registry::builtin();
         assert!(r.get_icfs().iter().any(|i| i.name == "virtine"));
-        assert_eq!(r.com().between("host", "virtine"), &[ComMechanism::HypercallRelay]);
+        assert_eq!(
+            r.com().between("host", "virtine"),
+            &[ComMechanism::HypercallRelay]
+        );
     }
 }

@@ -57,7 +57,11 @@ fn access_beyond_guest_memory_is_a_page_fault() {
     let exit = run_code(&code, RunConfig::default());
     let (vector, cr2, rip) = exception(&exit);
     assert_eq!((vector, cr2, rip), (14, 0x1_0000_0000, 0x10_000a));
-    assert!(exit.to_string().contains("write of address 0x100000000, outside guest memory"), "{exit}");
+    assert!(
+        exit.to_string()
+            .contains("write of address 0x100000000, outside guest memory"),
+        "{exit}"
+    );
 }
 
 #[test]
@@ -69,7 +73,10 @@ fn the_system_area_is_not_accessible_to_the_guest() {
     let exit = run_code(&store(0x4000, 0), RunConfig::default());
     let (vector, cr2, _) = exception(&exit);
     assert_eq!((vector, cr2), (14, 0x4000));
-    assert!(exit.to_string().contains("supervisor-only system area"), "{exit}");
+    assert!(
+        exit.to_string().contains("supervisor-only system area"),
+        "{exit}"
+    );
 }
 
 #[test]
@@ -122,7 +129,10 @@ fn privileged_instructions_and_port_io_are_general_protection_faults() {
     // #GP; PVM, which reserves `int` for its own use, raises #UD).
     for vector in [0x41, 0x80] {
         let exit = run_code(&[0xcd, vector], RunConfig::default());
-        assert!(matches!(exception(&exit).0, 6 | 13), "int {vector:#x}: {exit}");
+        assert!(
+            matches!(exception(&exit).0, 6 | 13),
+            "int {vector:#x}: {exit}"
+        );
     }
 }
 
@@ -184,7 +194,10 @@ fn an_endless_loop_is_stopped_at_its_timeout() {
         other => panic!("{other}"),
     }
     assert_eq!(exit.exit_code(), 124);
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -270,7 +283,10 @@ fn an_unknown_hypercall_returns_einval() {
     code.extend([0x48, 0x89, 0x04, 0x25]);
     code.extend(ARG0.to_le_bytes());
     code.extend(hypercall(1));
-    assert_eq!(run_code(&code, RunConfig::default()), GuestExit::Exited((-22i64) as u8));
+    assert_eq!(
+        run_code(&code, RunConfig::default()),
+        GuestExit::Exited((-22i64) as u8)
+    );
 }
 
 #[test]

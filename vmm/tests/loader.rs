@@ -46,7 +46,10 @@ fn truncated_segment() {
     let mut b = good();
     b.truncate(b.len() - 4);
     let e = err(b);
-    assert!(matches!(e, ImageError::TruncatedSegment { index: 0, .. }), "{e:?}");
+    assert!(
+        matches!(e, ImageError::TruncatedSegment { index: 0, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
@@ -132,7 +135,13 @@ fn segment_below_the_image_base() {
         }],
     );
     let e = err(b);
-    assert_eq!(e, ImageError::BelowImageBase { index: 0, vaddr: 0x8000 });
+    assert_eq!(
+        e,
+        ImageError::BelowImageBase {
+            index: 0,
+            vaddr: 0x8000
+        }
+    );
     assert!(e.to_string().contains("xos-guest.ld"));
 }
 
@@ -197,6 +206,13 @@ fn segment_beyond_the_configured_memory() {
     );
     let p = Program::parse(b).unwrap();
     let e = p.check_fits(3 << 20, 4 << 20).unwrap_err();
-    assert!(matches!(e, ImageError::DoesNotFit { index: 0, mem_mib: 4, .. }));
+    assert!(matches!(
+        e,
+        ImageError::DoesNotFit {
+            index: 0,
+            mem_mib: 4,
+            ..
+        }
+    ));
     assert!(e.to_string().contains("raise --mem"), "{e}");
 }
