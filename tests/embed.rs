@@ -1,0 +1,131 @@
+//! The embedding API: load once, call many times, host functions, limits.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use xos_vmm::vmm::GuestExit;
+use xos_vmm::Function;
+
+fn kvm_available() -> bool {
+    match xos_vmm::vmm::kvm::probe() {
+        Ok(()) => true,
+        Err(e) => {
+            if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
+            }
+            eprintln!("\n!!! SKIPPING KVM TEST: {e}\n");
+            false
+        }
+    }
+}
+
+fn faults() -> Function {
+    let image = xos_images::find("faults-c").expect("faults-c built");
+    Function::from_elf(image.bytes).expect("valid image")
+}
+
+fn hostcall(f: &Function, name: &str, input: &str) -> String {
+    let r = f
+        .clone()
+        .args(["faults", "hostcall", name, input])
+        .call(b"")
+        .expect("call");
+    assert_eq!(
+        r.exit,
+        GuestExit::Exited(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8(r.stdout).expect("utf-8")
+}
+
+#[test]
+fn host_functions_are_called_with_the_guest_input_and_return_output() {
+    if !kvm_available() {
+        return;
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let f = faults()
+        .host_fn("upper", move |input| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(input.to_ascii_uppercase())
+        })
+        .host_fn("fail", |_| Err("deliberate".into()))
+        .host_fn("huge", |_| Ok(vec![b'x'; 10_000]));
+    assert_eq!(hostcall(&f, "upper", "hello"), "ret=5 out=HELLO\n");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(hostcall(&f, "fail", "x"), "ret=-1000 out=\n");
+    assert_eq!(hostcall(&f, "nosuch", "x"), "ret=-2 out=\n");
+    assert_eq!(hostcall(&f, "huge", "x"), "ret=-7 out=\n");
+}
+
+#[test]
+fn each_call_gets_a_fresh_virtine_and_its_own_output() {
+    if !kvm_available() {
+        return;
+    }
+    let image = xos_images::find("sum-rs").expect("sum-rs");
+    let f = Function::from_elf(image.bytes).expect("image");
+    for i in 0..5u64 {
+        let r = f.call(format!("{i} {i}").as_bytes()).expect("call");
+        assert_eq!(r.exit, GuestExit::Exited(0));
+        assert_eq!(r.stdout, format!("{}\n", 2 * i).into_bytes());
+    }
+}
+
+#[test]
+fn calls_from_many_threads_run_concurrently_and_independently() {
+    if !kvm_available() {
+        return;
+    }
+    let image = xos_images::find("sum-c").expect("sum-c");
+    let f = Function::from_elf(image.bytes).expect("image");
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u64 {
+                    let r = f.call(format!("{t} {i} 100").as_bytes()).expect("call");
+                    assert_eq!(r.stdout, format!("{}\n", t + i + 100).into_bytes());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+}
+
+#[test]
+fn timeouts_and_memory_limits_apply_to_calls() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults()
+        .args(["faults", "loop"])
+        .timeout(Duration::from_millis(100))
+        .call(b"")
+        .expect("call");
+    assert!(matches!(r.exit, GuestExit::TimedOut { .. }), "{}", r.exit);
+    let err = faults()
+        .mem(1 << 20)
+        .call(b"")
+        .expect_err("1 MiB is too small");
+    assert!(err.to_string().contains("too small"), "{err}");
+}
+
+#[test]
+fn bad_images_are_refused_with_the_reason() {
+    let err = Function::from_elf(b"not an elf".to_vec())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("<memory>: not an ELF file"),
+        "{err}"
+    );
+    let err = Function::from_file("/nonexistent/fn.elf")
+        .err()
+        .expect("refused");
+    assert_eq!(err.to_string(), "/nonexistent/fn.elf: no such file");
+}
