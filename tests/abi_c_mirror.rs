@@ -1,0 +1,112 @@
+//! `guest-runtime/c/xos_abi.h` must agree with the `xos-abi` crate: the
+//! header is compiled with gcc and every offset, size and constant is
+//! compared.
+
+use std::mem::{offset_of, size_of};
+use std::process::Command;
+use xos_abi::*;
+
+#[test]
+fn the_c_header_matches_the_rust_definitions() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("abi-mirror");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let src = dir.join("mirror.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include "xos_abi.h"
+#define P(name, value) printf("%s %llu\n", name, (unsigned long long)(value))
+int main(void) {
+    P("magic", offsetof(struct xos_boot_info, magic));
+    P("abi_version", offsetof(struct xos_boot_info, abi_version));
+    P("mem_size", offsetof(struct xos_boot_info, mem_size));
+    P("argc", offsetof(struct xos_boot_info, argc));
+    P("argv", offsetof(struct xos_boot_info, argv));
+    P("envp", offsetof(struct xos_boot_info, envp));
+    P("heap_start", offsetof(struct xos_boot_info, heap_start));
+    P("heap_end", offsetof(struct xos_boot_info, heap_end));
+    P("stack_top", offsetof(struct xos_boot_info, stack_top));
+    P("stack_bottom", offsetof(struct xos_boot_info, stack_bottom));
+    P("stdin", offsetof(struct xos_boot_info, stdin_state));
+    P("output", offsetof(struct xos_boot_info, output));
+    P("hypercall", offsetof(struct xos_boot_info, hypercall));
+    P("ret", offsetof(struct xos_hypercall, ret));
+    P("size", sizeof(struct xos_boot_info));
+    P("record", sizeof(struct xos_output_record));
+    P("version", XOS_ABI_VERSION);
+    P("boot_magic", XOS_BOOT_MAGIC);
+    P("doorbell", XOS_DOORBELL);
+    P("fault_port", XOS_FAULT_PORT);
+    P("boot_info_addr", XOS_BOOT_INFO_ADDR);
+    P("image_base", XOS_IMAGE_BASE);
+    P("exit", XOS_HC_EXIT); P("abort", XOS_HC_ABORT); P("flush", XOS_HC_FLUSH);
+    P("read_stdin", XOS_HC_READ_STDIN); P("write", XOS_HC_WRITE);
+    P("host_call", XOS_HC_HOST_CALL); P("nop", XOS_HC_NOP);
+    P("efault", -XOS_EFAULT); P("einval", -XOS_EINVAL); P("enoent", -XOS_ENOENT);
+    P("e2big", -XOS_E2BIG); P("eio", -XOS_EIO); P("ehostfn", -XOS_EHOSTFN);
+    return 0;
+}
+"#,
+    )
+    .expect("write");
+    let exe = dir.join("mirror");
+    let header_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/guest-runtime/c");
+    let status = Command::new("gcc")
+        .arg("-I")
+        .arg(header_dir)
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc failed on xos_abi.h");
+    let out = Command::new(&exe).output().expect("run mirror");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let c: std::collections::HashMap<&str, u64> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k, v.parse().expect("number")))
+        .collect();
+    let expected: &[(&str, u64)] = &[
+        ("magic", offset_of!(BootInfo, magic) as u64),
+        ("abi_version", offset_of!(BootInfo, abi_version) as u64),
+        ("mem_size", offset_of!(BootInfo, mem_size) as u64),
+        ("argc", offset_of!(BootInfo, argc) as u64),
+        ("argv", offset_of!(BootInfo, argv) as u64),
+        ("envp", offset_of!(BootInfo, envp) as u64),
+        ("heap_start", offset_of!(BootInfo, heap_start) as u64),
+        ("heap_end", offset_of!(BootInfo, heap_end) as u64),
+        ("stack_top", offset_of!(BootInfo, stack_top) as u64),
+        ("stack_bottom", offset_of!(BootInfo, stack_bottom) as u64),
+        ("stdin", offset_of!(BootInfo, stdin) as u64),
+        ("output", offset_of!(BootInfo, output) as u64),
+        ("hypercall", offset_of!(BootInfo, hypercall) as u64),
+        ("ret", offset_of!(Hypercall, ret) as u64),
+        ("size", size_of::<BootInfo>() as u64),
+        ("record", OUTPUT_RECORD_SIZE),
+        ("version", u64::from(ABI_VERSION)),
+        ("boot_magic", BOOT_MAGIC),
+        ("doorbell", DOORBELL),
+        ("fault_port", u64::from(FAULT_PORT)),
+        ("boot_info_addr", layout::BOOT_INFO),
+        ("image_base", layout::IMAGE_BASE),
+        ("exit", u64::from(nr::EXIT)),
+        ("abort", u64::from(nr::ABORT)),
+        ("flush", u64::from(nr::FLUSH)),
+        ("read_stdin", u64::from(nr::READ_STDIN)),
+        ("write", u64::from(nr::WRITE)),
+        ("host_call", u64::from(nr::HOST_CALL)),
+        ("nop", u64::from(nr::NOP)),
+        ("efault", (-err::EFAULT) as u64),
+        ("einval", (-err::EINVAL) as u64),
+        ("enoent", (-err::ENOENT) as u64),
+        ("e2big", (-err::E2BIG) as u64),
+        ("eio", (-err::EIO) as u64),
+        ("ehostfn", (-err::EHOSTFN) as u64),
+    ];
+    for (name, value) in expected {
+        assert_eq!(c.get(name), Some(value), "xos_abi.h disagrees on {name}");
+    }
+    assert_eq!(c.len(), expected.len());
+}
