@@ -10,12 +10,13 @@
 //! - [`loader`]: validating and loading ELF images; [`elf_writer`] makes
 //!   tiny ones for tests and benchmarks.
 //! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
-//! - [`runner`], [`interrupt`], [`seccomp`], [`exit`]: running a guest to
-//!   its end and reporting how it ended.
+//! - [`runner`], [`executor`], [`interrupt`], [`seccomp`], [`exit`]: running
+//!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 #![deny(missing_docs)]
 
 pub mod arch;
 pub mod elf_writer;
+pub mod executor;
 pub mod exit;
 pub mod host_fn;
 pub mod hypercall;

@@ -18,7 +18,8 @@ use crate::io::GuestIo;
 use crate::layout::{BootSetup, GuestLayout, LayoutError};
 use crate::loader::Program;
 use crate::machine::{Machine, MachineError};
-use crate::seccomp::{apply_vcpu_filter, SeccompError};
+use crate::executor::{self, ExecutorError};
+use crate::seccomp::SeccompError;
 use kvm_ioctls::VcpuExit;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ pub enum RunError {
     /// The seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// No executor thread could run the guest.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -67,7 +71,9 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Functions the guest may call.
     pub host_functions: HostFunctions,
-    /// Install the vCPU seccomp filter (on by default).
+    /// Run on a vCPU thread with the seccomp filter (on by default). Off
+    /// runs on a fresh unfiltered thread, for host functions that need
+    /// syscalls the filter refuses.
     pub seccomp: bool,
 }
 
@@ -169,29 +175,28 @@ impl PreparedRun {
         (outcome, self.machine)
     }
 
-    /// Runs the guest on a new vCPU thread under the seccomp filter, waits
-    /// for it with the time limit, and leaves the VM's tear-down to that
-    /// thread.
+    /// Runs the guest on an executor thread (under the vCPU seccomp filter),
+    /// waits for it with the time limit, and leaves the VM's tear-down to
+    /// that thread, after the result is back.
     pub fn run(self, interrupter: &Interrupter) -> Result<RunOutcome, RunError> {
         install_handler()?;
         let (tx, rx) = mpsc::sync_channel(1);
         let timeout = self.timeout;
         let seccomp = self.seccomp;
         let thread_interrupter = interrupter.clone();
-        std::thread::Builder::new()
-            .name("xos-vcpu".into())
-            .spawn(move || {
-                if seccomp {
-                    if let Err(e) = apply_vcpu_filter() {
-                        let _ = tx.send(Err(RunError::from(e)));
-                        return;
-                    }
-                }
-                let (result, machine) = self.run_here(&thread_interrupter);
-                let _ = tx.send(result);
-                drop(machine);
-            })
-            .map_err(RunError::Spawn)?;
+        let job = move || {
+            let (result, machine) = self.run_here(&thread_interrupter);
+            let _ = tx.send(result);
+            drop(machine);
+        };
+        if seccomp {
+            executor::submit(Box::new(job))?;
+        } else {
+            std::thread::Builder::new()
+                .name("xos-vcpu-unfiltered".into())
+                .spawn(job)
+                .map_err(RunError::Spawn)?;
+        }
         let received = match timeout {
             Some(limit) => match rx.recv_timeout(limit) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
