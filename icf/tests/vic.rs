@@ -1,0 +1,131 @@
+//! The VIC interface of the virtine factory: what works, and the typed
+//! `Unsupported` errors of what does not yet.
+
+use icf::{
+    Availability, IcSpec, IcfError, IsolationContext, IsolationContextFactory, ProcessImage,
+    Registry,
+};
+use std::sync::Arc;
+use vmm::{GuestExit, GuestIo, Program};
+
+fn kvm_available() -> bool {
+    match vmm::kvm::probe() {
+        Ok(()) => true,
+        Err(e) => {
+            if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
+            }
+            eprintln!("\n!!! SKIPPING KVM TEST: {e}\n");
+            false
+        }
+    }
+}
+
+/// A guest that exits with code 9: mov [args0], 9; EXIT.
+fn exit9() -> Program {
+    let mut code = vec![0x48, 0xc7, 0x04, 0x25];
+    code.extend_from_slice(&(0x20000u32 + 144).to_le_bytes());
+    code.extend_from_slice(&9u32.to_le_bytes());
+    code.extend_from_slice(&[0xb8, 1, 0, 0, 0, 0xa3]);
+    code.extend_from_slice(&xos_abi::DOORBELL.to_le_bytes());
+    Program::parse(vmm::elf_writer::code_image(&code)).expect("valid")
+}
+
+#[test]
+fn the_virtine_factory_creates_runnable_ics() {
+    if !kvm_available() {
+        return;
+    }
+    let registry = Registry::builtin();
+    let factory = registry.resolve("virtine").expect("available");
+    assert_eq!(factory.init(), Availability::Available);
+    let mut ic = factory.create(IcSpec::new(exit9())).expect("create");
+    assert_eq!(ic.kind(), "virtine");
+    ic.switch_in().expect("switch_in is a no-op for virtines");
+    for _ in 0..3 {
+        let (io, _, _) = GuestIo::capture(Vec::new());
+        assert_eq!(ic.run(io).expect("run").exit, GuestExit::Exited(9));
+    }
+    ic.switch_out().expect("switch_out");
+}
+
+fn unsupported(e: IcfError, operation: &str) {
+    match e {
+        IcfError::Unsupported { icf, operation: op } => {
+            assert_eq!((icf, op), ("virtine", operation));
+        }
+        other => panic!("expected Unsupported {operation}, got {other}"),
+    }
+}
+
+#[test]
+fn operations_not_implemented_yet_are_typed_errors() {
+    if !kvm_available() {
+        return;
+    }
+    let registry = Registry::builtin();
+    let factory = registry.resolve("virtine").expect("available");
+    let ic = factory.create(IcSpec::new(exit9())).expect("create");
+    unsupported(ic.dump().expect_err("dump"), "ic_dump");
+    unsupported(
+        factory.restore(b"state").err().expect("restore"),
+        "ic_restore",
+    );
+    unsupported(
+        factory
+            .convert_from_process(ProcessImage::default())
+            .err()
+            .expect("from"),
+        "mutate from process",
+    );
+    unsupported(
+        factory.convert_to_process(ic).expect_err("to"),
+        "mutate to process",
+    );
+}
+
+struct FakeProcess;
+impl IsolationContextFactory for FakeProcess {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+    fn description(&self) -> &'static str {
+        "test stand-in for the pivot kind"
+    }
+    fn init(&self) -> Availability {
+        Availability::Available
+    }
+    fn create(&self, _: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: "process",
+            operation: "ic_create",
+        })
+    }
+}
+
+#[test]
+fn mutate_goes_through_the_pivot_and_reports_what_is_missing() {
+    if !kvm_available() {
+        return;
+    }
+    let mut registry = Registry::builtin();
+    registry.register(Arc::new(FakeProcess)).expect("register");
+    let factory = registry.resolve("virtine").expect("virtine");
+    let ic = factory.create(IcSpec::new(exit9())).expect("create");
+    // Same kind: nothing to do.
+    let ic = registry.mutate(ic, "virtine").expect("identity mutate");
+    // Unknown target kind.
+    let e = registry.mutate(ic, "enclave").err().expect("unknown");
+    assert!(
+        e.to_string()
+            .contains("unknown isolation context factory 'enclave'"),
+        "{e}"
+    );
+    // Virtine -> process needs the virtine's outbound pivot, not built yet.
+    let ic = factory.create(IcSpec::new(exit9())).expect("create");
+    let e = registry.mutate(ic, "process").err().expect("unsupported");
+    assert!(
+        e.to_string().contains("does not support mutate to process"),
+        "{e}"
+    );
+}
