@@ -10,7 +10,7 @@
 //! - [`loader`]: validating and loading ELF images; [`elf_writer`] makes
 //!   tiny ones for tests and benchmarks.
 //! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
-//! - [`runner`], [`executor`], [`interrupt`], [`seccomp`], [`exit`]: running
+//! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 #![deny(missing_docs)]
 
@@ -27,6 +27,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod reaper;
 pub mod runner;
 pub mod seccomp;
 

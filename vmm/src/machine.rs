@@ -15,6 +15,7 @@ use crate::kvm::{kvm, KvmError};
 use crate::memory::{self, MemoryError};
 use kvm_bindings::{kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
+use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Errors creating or driving a machine. All are host-side failures.
@@ -48,7 +49,7 @@ pub struct Machine {
     // Field order is drop order: the vCPU goes before the VM, and the VM
     // (which references the memory slot) before the memory.
     vcpu: VcpuFd,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
     mem_size: u64,
     privilege: Privilege,
@@ -63,39 +64,88 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-impl Machine {
-    /// Creates a VM with `mem_size` bytes (checked and rounded by
-    /// [`memory::checked_size`]), writes the system area and creates the
-    /// vCPU. Call [`Machine::set_entry`] before running it.
-    pub fn new(mem_size: u64, privilege: Privilege) -> Result<Machine, MachineError> {
-        let mem_size = memory::checked_size(mem_size)?;
-        let kvm = kvm()?;
-        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+/// Creates an empty KVM VM (`KVM_CREATE_VM`), shareable between the thread
+/// that sets up its memory and the one that creates its vCPU.
+pub fn create_vm() -> Result<Arc<VmFd>, MachineError> {
+    let vm = kvm()?.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    Ok(Arc::new(vm))
+}
+
+/// Creates the VM's single vCPU (`KVM_CREATE_VCPU`).
+pub fn create_vcpu(vm: &VmFd) -> Result<VcpuFd, MachineError> {
+    vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))
+}
+
+/// A VM with its memory registered and the system area written, waiting
+/// for its vCPU. Building it and creating the vCPU are independent, so a
+/// cold start can do both at once on two threads.
+pub struct VmShell {
+    // Field order is drop order: the VM (which references the memory slot)
+    // goes before the memory.
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    mem_size: u64,
+}
+
+impl VmShell {
+    /// Allocates `mem_size` bytes (already checked by
+    /// [`memory::checked_size`]), registers them with `vm` and writes the
+    /// system area.
+    pub fn new(vm: Arc<VmFd>, mem_size: u64) -> Result<VmShell, MachineError> {
         let mem = memory::allocate(mem_size)?;
         for (slot, region) in mem.iter().enumerate() {
-            let host = region.as_ptr();
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
-                userspace_addr: host as u64,
+                userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY: the host range belongs to `mem`, which lives as long as
-            // the VM (it is dropped after the VM, see the field order), and it
-            // is not registered in any other slot.
+            // SAFETY: the host range belongs to `mem`, which the shell (and
+            // the machine built from it) drops only after its VM handle, and
+            // it is registered in no other slot. Should another handle keep
+            // the VM alive longer, KVM's MMU notifier (KVM_CAP_SYNC_MMU)
+            // unmaps the slot's pages with the mapping: no use after free.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         arch::write_system_area(&mem, mem_size)?;
-        let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Machine {
+        Ok(VmShell { vm, mem, mem_size })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Size of guest memory in bytes.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+}
+
+impl Machine {
+    /// Creates a VM with `mem_size` bytes (checked and rounded by
+    /// [`memory::checked_size`]), writes the system area and creates the
+    /// vCPU, one step after the other. Call [`Machine::set_entry`] before
+    /// running it.
+    pub fn new(mem_size: u64, privilege: Privilege) -> Result<Machine, MachineError> {
+        let mem_size = memory::checked_size(mem_size)?;
+        let vm = create_vm()?;
+        let shell = VmShell::new(vm, mem_size)?;
+        let vcpu = create_vcpu(&shell.vm)?;
+        Ok(Machine::assemble(shell, vcpu, privilege))
+    }
+
+    /// A machine from a shell and a vCPU created for the shell's VM.
+    pub fn assemble(shell: VmShell, vcpu: VcpuFd, privilege: Privilege) -> Machine {
+        Machine {
             vcpu,
-            vm,
-            mem,
-            mem_size,
+            vm: shell.vm,
+            mem: shell.mem,
+            mem_size: shell.mem_size,
             privilege,
-        })
+        }
     }
 
     /// Guest memory.

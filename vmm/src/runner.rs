@@ -10,6 +10,7 @@
 
 use crate::arch::cpu::Privilege;
 use crate::arch::interrupts::{has_error_code, STUB_PUSHED};
+use crate::executor::{self, ExecutorError};
 use crate::exit::{Exception, Fault, GuestExit, GuestRegs, RunStats};
 use crate::host_fn::HostFunctions;
 use crate::hypercall::{HypercallError, Hypercalls, Next};
@@ -17,8 +18,8 @@ use crate::interrupt::{install_handler, InterruptError, Interrupter, StopReason}
 use crate::io::GuestIo;
 use crate::layout::{BootSetup, GuestLayout, LayoutError};
 use crate::loader::Program;
-use crate::machine::{Machine, MachineError};
-use crate::executor::{self, ExecutorError};
+use crate::machine::{create_vcpu, create_vm, Machine, MachineError, VmShell};
+use crate::reaper;
 use crate::seccomp::SeccompError;
 use kvm_ioctls::VcpuExit;
 use std::sync::mpsc;
@@ -182,45 +183,136 @@ impl PreparedRun {
         install_handler()?;
         let (tx, rx) = mpsc::sync_channel(1);
         let timeout = self.timeout;
-        let seccomp = self.seccomp;
         let thread_interrupter = interrupter.clone();
-        let job = move || {
+        dispatch(self.seccomp, move || {
             let (result, machine) = self.run_here(&thread_interrupter);
             let _ = tx.send(result);
-            drop(machine);
-        };
-        if seccomp {
-            executor::submit(Box::new(job))?;
-        } else {
-            std::thread::Builder::new()
-                .name("xos-vcpu-unfiltered".into())
-                .spawn(job)
-                .map_err(RunError::Spawn)?;
-        }
-        let received = match timeout {
-            Some(limit) => match rx.recv_timeout(limit) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    interrupter.stop(StopReason::Timeout);
-                    rx.recv()
-                }
-                Ok(r) => Ok(r),
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
-            },
-            None => rx.recv(),
-        };
-        received.map_err(|_| RunError::VcpuThreadLost)?
+            reaper::dispose(machine);
+        })?;
+        wait_for_result(&rx, timeout, interrupter)
     }
+}
+
+/// Runs `job` on a filtered executor thread, or on a fresh unfiltered thread
+/// when `seccomp` is off.
+fn dispatch(seccomp: bool, job: impl FnOnce() + Send + 'static) -> Result<(), RunError> {
+    if seccomp {
+        executor::submit(Box::new(job))?;
+    } else {
+        std::thread::Builder::new()
+            .name("xos-vcpu-unfiltered".into())
+            .spawn(job)
+            .map_err(RunError::Spawn)?;
+    }
+    Ok(())
+}
+
+/// Waits for a run's result, stopping the guest when `timeout` passes.
+fn wait_for_result(
+    rx: &mpsc::Receiver<Result<RunOutcome, RunError>>,
+    timeout: Option<Duration>,
+    interrupter: &Interrupter,
+) -> Result<RunOutcome, RunError> {
+    let received = match timeout {
+        Some(limit) => match rx.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                interrupter.stop(StopReason::Timeout);
+                rx.recv()
+            }
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+        },
+        None => rx.recv(),
+    };
+    received.map_err(|_| RunError::VcpuThreadLost)?
+}
+
+/// What the caller hands the executor once guest memory is ready.
+enum Handover {
+    /// Memory is prepared: build the machine and run.
+    Ready {
+        shell: VmShell,
+        layout: GuestLayout,
+        io: GuestIo,
+    },
+    /// Preparing failed: tear the VM down (off the caller's path, and VM
+    /// before memory).
+    Abandon(VmShell),
 }
 
 /// Creates a VM for `program`, runs it to completion on a vCPU thread, and
 /// returns how it ended.
+///
+/// The cold path is pipelined over two threads: right after
+/// `KVM_CREATE_VM` an executor starts creating the vCPU while this thread
+/// allocates and registers guest memory, writes the system area and loads
+/// the image; then the executor runs the guest. The executor's wake-up and
+/// `KVM_CREATE_VCPU` thus overlap with work the caller has to do anyway.
 pub fn run_program(
     program: &Program,
     config: &RunConfig,
-    io: GuestIo,
+    mut io: GuestIo,
     interrupter: &Interrupter,
 ) -> Result<RunOutcome, RunError> {
-    PreparedRun::new(program, config, io)?.run(interrupter)
+    install_handler()?;
+    let mem_size = crate::memory::checked_size(config.mem_size).map_err(MachineError::from)?;
+    let vm = create_vm()?;
+    let (handover_tx, handover_rx) = mpsc::sync_channel::<Handover>(1);
+    let (result_tx, result_rx) = mpsc::sync_channel(1);
+    let executor_vm = vm.clone();
+    let thread_interrupter = interrupter.clone();
+    let entry = program.entry();
+    let host_functions = config.host_functions.clone();
+    let timeout = config.timeout;
+    dispatch(config.seccomp, move || {
+        let vcpu = create_vcpu(&executor_vm);
+        drop(executor_vm);
+        let (shell, layout, io) = match handover_rx.recv() {
+            Ok(Handover::Ready { shell, layout, io }) => (shell, layout, io),
+            Ok(Handover::Abandon(shell)) => {
+                drop(vcpu);
+                drop(shell);
+                return;
+            }
+            Err(_) => return,
+        };
+        let vcpu = match vcpu {
+            Ok(vcpu) => vcpu,
+            Err(e) => {
+                let _ = result_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        let mut machine = Machine::assemble(shell, vcpu, Privilege::User);
+        machine.set_entry(entry, layout::STACK_TOP, layout::BOOT_INFO);
+        let run = PreparedRun {
+            machine,
+            hypercalls: Hypercalls::new(layout, io, host_functions),
+            timeout,
+            seccomp: true,
+            on_resume: None,
+        };
+        let (result, machine) = run.run_here(&thread_interrupter);
+        let _ = result_tx.send(result);
+        reaper::dispose(machine);
+    })?;
+
+    let shell = VmShell::new(vm, mem_size)?;
+    let setup = BootSetup {
+        program,
+        args: &config.args,
+        env: &config.env,
+    };
+    match GuestLayout::prepare(shell.memory(), mem_size, true, &setup, &mut *io.stdin) {
+        Ok(layout) => {
+            let _ = handover_tx.send(Handover::Ready { shell, layout, io });
+        }
+        Err(e) => {
+            let _ = handover_tx.send(Handover::Abandon(shell));
+            return Err(e.into());
+        }
+    }
+    wait_for_result(&result_rx, timeout, interrupter)
 }
 
 fn regs_or_default(machine: &Machine) -> Box<GuestRegs> {
