@@ -6,7 +6,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitError {
     /// Not a size.
-    #[error("'{0}' is not a size; use a number of bytes with an optional unit: 4M, 64MiB, 1G, 1048576")]
+    #[error(
+        "'{0}' is not a size; use a number of bytes with an optional unit: 4M, 64MiB, 1G, 1048576"
+    )]
     Size(String),
     /// Not a duration.
     #[error("'{0}' is not a duration; use a number with a unit: 500ms, 5s, 2m")]
@@ -18,7 +20,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| UnitError::Size(text.to_owned()))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| UnitError::Size(text.to_owned()))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,

@@ -1,21 +1,23 @@
-//! Where a cold start's time goes: each step of `virtine.cold` timed on its
-//! own (`xos-vmm bench breakdown`).
+//! Where a cold start's time goes: its steps timed one by one
+//! (`xos-vmm bench breakdown`; see `docs/BENCHMARKS.md`).
 //!
-//! The steps, in the order the cold path takes them:
-//! `Program::parse` → `PreparedRun::new` (= `Machine::new`: `KVM_CREATE_VM`,
-//! mmap of guest memory, `KVM_SET_USER_MEMORY_REGION`, writing the system
-//! area, `KVM_CREATE_VCPU`; then the image, arguments and BootInfo) →
-//! `PreparedRun::run` (spawn the vCPU thread, install seccomp, first
-//! `KVM_RUN` until the exit hypercall, send the result back). The VM's
-//! tear-down follows on the vCPU thread, off the caller's path.
+//! The steps: `Program::parse`; VM creation (`KVM_CREATE_VM`, mmap of guest
+//! memory, `KVM_SET_USER_MEMORY_REGION`, writing the system area,
+//! `KVM_CREATE_VCPU`) and loading (image, arguments, BootInfo); handing the
+//! run to a vCPU thread (whose seccomp filter costs a lot to install, so
+//! the runner keeps such threads); the first `KVM_RUN` until the exit
+//! hypercall; the result back to the caller. The VM's tear-down follows in
+//! the background. `virtine.cold` takes the pipelined path
+//! ([`vmm::run_program`]), `breakdown.cold_sequential` the step-by-step one
+//! (`PreparedRun::new` then `run`).
 //!
 //! `KVM_SET_USER_MEMORY_REGION` cannot be timed alone from this crate (it
 //! needs kvm-bindings' struct); it is what remains of `machine_new` after
 //! the other steps.
 
 use super::measure::{
-    cold_config, cold_series, image_bytes, live_threads, nanos, wait_for_threads, Pacing,
-    TRIVIAL_IMAGE,
+    cold_config, cold_series, exit_loop_code, footprint, image_bytes, nanos, wait_for_teardown,
+    ColdPath, Pacing, TRIVIAL_IMAGE,
 };
 use anyhow::Context;
 use std::time::{Duration, Instant};
@@ -24,43 +26,50 @@ use vmm::machine::Machine;
 use vmm::memory::DEFAULT_MEM_SIZE;
 use vmm::runner::PreparedRun;
 use vmm::{GuestIo, Interrupter, Program};
+use xos_abi::layout::{BOOT_INFO, IMAGE_BASE, STACK_TOP};
 
-/// Samples per breakdown step.
-pub const SAMPLES: usize = 200;
+/// Samples per breakdown step and round (`xos-vmm bench` runs 50 rounds).
+pub const SAMPLES: usize = 4;
 
-/// A breakdown benchmark: name and measurement.
-pub type Step = (&'static str, fn() -> anyhow::Result<Vec<u64>>);
+/// A breakdown benchmark: name and measurement (`samples` in, one
+/// duration in nanoseconds per sample out).
+pub type Step = (&'static str, fn(usize) -> anyhow::Result<Vec<u64>>);
 
 /// The breakdown benchmarks (`xos-vmm bench breakdown`).
 pub const BENCHES: &[Step] = &[
-    ("breakdown.program_parse", || program_parse(SAMPLES)),
-    ("breakdown.kvm_create_vm", || kvm_create_vm(SAMPLES)),
-    ("breakdown.memory_mmap", || memory_mmap(SAMPLES)),
-    ("breakdown.system_area_write", || system_area_write(SAMPLES)),
-    ("breakdown.kvm_create_vcpu", || kvm_create_vcpu(SAMPLES)),
-    ("breakdown.machine_new", || machine_new(SAMPLES)),
-    ("breakdown.prepared_run_new", || prepared_run_new(SAMPLES)),
-    ("breakdown.thread_seccomp", || thread_seccomp(SAMPLES)),
-    ("breakdown.run_on_vcpu_thread", || {
-        run_on_thread(SAMPLES).map(|r| r.0)
+    ("breakdown.program_parse", program_parse),
+    ("breakdown.kvm_create_vm", kvm_create_vm),
+    ("breakdown.memory_mmap", memory_mmap),
+    ("breakdown.system_area_write", system_area_write),
+    ("breakdown.kvm_create_vcpu", kvm_create_vcpu),
+    ("breakdown.machine_new", machine_new),
+    ("breakdown.prepared_run_new", prepared_run_new),
+    ("breakdown.thread_seccomp", thread_seccomp),
+    ("breakdown.seccomp_install", seccomp_install),
+    ("breakdown.first_exit_bare", first_exit_bare),
+    ("breakdown.run_on_vcpu_thread", |n| {
+        run_on_thread(n).map(|r| r.0)
     }),
-    ("breakdown.guest_time", || run_on_thread(SAMPLES).map(|r| r.1)),
-    ("breakdown.run_here", || run_here(SAMPLES).map(|r| r.0)),
-    ("breakdown.teardown_machine_drop", || {
-        run_here(SAMPLES).map(|r| r.1)
+    ("breakdown.guest_time", |n| run_on_thread(n).map(|r| r.1)),
+    ("breakdown.run_here", |n| run_here(n).map(|r| r.0)),
+    ("breakdown.teardown_machine_drop", |n| {
+        run_here(n).map(|r| r.1)
     }),
-    ("breakdown.vm_close_empty", || vm_close_empty(SAMPLES)),
-    ("breakdown.cold_create", || {
-        Ok(cold_series(SAMPLES, Pacing::AfterTeardown)?.create)
+    ("breakdown.vm_close_empty", vm_close_empty),
+    ("breakdown.cold_guest_time", |n| {
+        Ok(cold_series(n, Pacing::AfterTeardown, ColdPath::Pipelined)?.guest)
     }),
-    ("breakdown.cold_guest_time", || {
-        Ok(cold_series(SAMPLES, Pacing::AfterTeardown)?.guest)
+    ("breakdown.cold_teardown_wait", |n| {
+        Ok(cold_series(n, Pacing::AfterTeardown, ColdPath::Pipelined)?.teardown_wait)
     }),
-    ("breakdown.cold_teardown_wait", || {
-        Ok(cold_series(SAMPLES, Pacing::AfterTeardown)?.teardown_wait)
+    ("breakdown.cold_back_to_back", |n| {
+        Ok(cold_series(n, Pacing::BackToBack, ColdPath::Pipelined)?.total)
     }),
-    ("breakdown.cold_back_to_back", || {
-        Ok(cold_series(SAMPLES, Pacing::BackToBack)?.total)
+    ("breakdown.cold_sequential", |n| {
+        Ok(cold_series(n, Pacing::AfterTeardown, ColdPath::Sequential)?.total)
+    }),
+    ("breakdown.cold_sequential_create", |n| {
+        Ok(cold_series(n, Pacing::AfterTeardown, ColdPath::Sequential)?.create)
     }),
 ];
 
@@ -188,13 +197,50 @@ pub fn thread_seccomp(samples: usize) -> anyhow::Result<Vec<u64>> {
     })
 }
 
+/// Installing the vCPU seccomp filter alone, timed on a fresh thread.
+pub fn seccomp_install(samples: usize) -> anyhow::Result<Vec<u64>> {
+    times(samples, || {
+        let handle = std::thread::Builder::new()
+            .spawn(|| {
+                let start = Instant::now();
+                vmm::seccomp::apply_vcpu_filter().map(|()| start.elapsed())
+            })
+            .context("cannot spawn a thread")?;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread panicked"))?
+            .context("installing the seccomp filter")
+    })
+}
+
+/// The first `KVM_RUN` of a bare machine running [`exit_loop_code`] until
+/// its first doorbell exit: entering a fresh vCPU, with the fewest pages
+/// touched (code, no stack).
+pub fn first_exit_bare(samples: usize) -> anyhow::Result<Vec<u64>> {
+    let code = exit_loop_code();
+    times(samples, || {
+        let mut machine =
+            Machine::new(DEFAULT_MEM_SIZE, Privilege::User).context("Machine::new")?;
+        machine
+            .write(IMAGE_BASE, &code)
+            .context("writing the loop")?;
+        machine.set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);
+        let start = Instant::now();
+        machine.run().context("KVM_RUN failed")?;
+        let t = start.elapsed();
+        drop(machine);
+        Ok(t)
+    })
+}
+
 /// `PreparedRun::run` of a prepared `trivial-c` (thread spawn, seccomp,
 /// guest, result), paced like `virtine.cold`; also returns the guest's
 /// own time (first `KVM_RUN` to the exit hypercall served).
 pub fn run_on_thread(samples: usize) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let program = trivial()?;
     let config = cold_config();
-    let base = live_threads()?;
+    vmm::kvm::probe().context("KVM is not usable")?;
+    let idle = footprint()?;
     let mut total = Vec::with_capacity(samples);
     let mut guest = Vec::with_capacity(samples);
     for i in 0..=samples {
@@ -203,7 +249,7 @@ pub fn run_on_thread(samples: usize) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
         let start = Instant::now();
         let outcome = run.run(&Interrupter::new()).context("running trivial-c")?;
         let t = start.elapsed();
-        wait_for_threads(base)?;
+        wait_for_teardown(idle, 0)?;
         if i > 0 {
             total.push(nanos(t));
             guest.push(nanos(outcome.guest_time));

@@ -56,28 +56,45 @@ fn check_exit(what: &str, outcome: &RunOutcome, stderr: &vmm::SharedBuffer) -> a
 /// How `virtine.cold` samples are spaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pacing {
-    /// Before the next sample, wait until the previous sample's vCPU thread
-    /// has torn its VM down and exited (the default: each sample then
-    /// measures a cold start on an otherwise idle machine).
+    /// Before the next sample, wait until the previous sample's VM is torn
+    /// down in the background (its fds closed, its memory unmapped): each
+    /// sample then measures a cold start that competes with no tear-down.
     AfterTeardown,
-    /// Back to back: the previous VM's background tear-down may overlap
-    /// the next sample.
+    /// Back to back: the previous VMs' background tear-downs may overlap
+    /// the next sample (at most [`MAX_PENDING_TEARDOWNS`] of them: beyond
+    /// that the next sample waits, so they cannot pile up).
     BackToBack,
 }
+
+/// With [`Pacing::BackToBack`], how many tear-downs may still be running
+/// when the next sample starts.
+pub const MAX_PENDING_TEARDOWNS: usize = 4;
 
 /// What one series of cold starts measured, in nanoseconds per sample.
 #[derive(Clone, Debug, Default)]
 pub struct ColdSamples {
     /// Parse + create + run on the vCPU thread + result (the benchmark).
     pub total: Vec<u64>,
-    /// Of that, parse + `PreparedRun::new`.
+    /// Of that, parse + `PreparedRun::new` ([`ColdPath::Sequential`] only).
     pub create: Vec<u64>,
     /// Of that, the guest's own time: first `KVM_RUN` to its exit
     /// hypercall served ([`RunOutcome::guest_time`]).
     pub guest: Vec<u64>,
-    /// With [`Pacing::AfterTeardown`]: from the result to the vCPU thread's
-    /// exit (the background tear-down), measured by polling every 20 µs.
+    /// With [`Pacing::AfterTeardown`]: from the result until the VM's fds
+    /// are closed and its memory unmapped (the background tear-down),
+    /// measured by polling every 20 µs.
     pub teardown_wait: Vec<u64>,
+}
+
+/// Which code path a cold start takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColdPath {
+    /// [`vmm::run_program`], the path the VIC layer (`icf::virtine`) uses:
+    /// the executor creates the vCPU while the caller sets up memory.
+    Pipelined,
+    /// [`PreparedRun::new`] then [`PreparedRun::run`]: every step one after
+    /// the other (for comparison).
+    Sequential,
 }
 
 /// The timings of one cold start.
@@ -85,28 +102,44 @@ pub struct ColdSamples {
 pub struct ColdSample {
     /// Parse + create + run + result: the benchmark's sample.
     pub total: Duration,
-    /// Of that, parse + `PreparedRun::new` (VM creation and loading).
+    /// With [`ColdPath::Sequential`]: parse + `PreparedRun::new` (VM
+    /// creation and loading); zero with [`ColdPath::Pipelined`].
     pub create: Duration,
-    /// Of that, the guest's own time ([`RunOutcome::guest_time`]).
+    /// The guest's own time ([`RunOutcome::guest_time`]: first `KVM_RUN`
+    /// until its exit hypercall is served).
     pub guest: Duration,
 }
 
-/// One cold start of `bytes`: parse, create the VM, run it on its vCPU
-/// thread, collect the result (checked: exit code 0).
-pub fn cold_once(bytes: &'static [u8], config: &RunConfig) -> anyhow::Result<ColdSample> {
+/// One cold start of `bytes` by `path`: parse, create the VM, run it on its
+/// vCPU thread, collect the result (checked: exit code 0).
+pub fn cold_once(
+    bytes: &'static [u8],
+    config: &RunConfig,
+    path: ColdPath,
+) -> anyhow::Result<ColdSample> {
     let start = Instant::now();
     let program = Program::parse(bytes).context("cannot parse the image")?;
     let (io, _stdout, stderr) = GuestIo::capture(Vec::new());
-    let run = PreparedRun::new(&program, config, io).context("cannot create the VM")?;
-    let created = start.elapsed();
-    let outcome = run
-        .run(&Interrupter::new())
-        .context("cannot run the guest")?;
+    let (outcome, create) = match path {
+        ColdPath::Pipelined => {
+            let outcome = vmm::run_program(&program, config, io, &Interrupter::new())
+                .context("cannot run the guest")?;
+            (outcome, Duration::ZERO)
+        }
+        ColdPath::Sequential => {
+            let run = PreparedRun::new(&program, config, io).context("cannot create the VM")?;
+            let create = start.elapsed();
+            let outcome = run
+                .run(&Interrupter::new())
+                .context("cannot run the guest")?;
+            (outcome, create)
+        }
+    };
     let total = start.elapsed();
     check_exit("cold start", &outcome, &stderr)?;
     Ok(ColdSample {
         total,
-        create: created,
+        create,
         guest: outcome.guest_time,
     })
 }
@@ -119,46 +152,86 @@ pub fn cold_config() -> RunConfig {
     }
 }
 
-/// The number of threads of this process (from `/proc/self/stat`).
-pub fn live_threads() -> anyhow::Result<usize> {
-    let stat =
-        std::fs::read_to_string("/proc/self/stat").context("cannot read /proc/self/stat")?;
-    // Fields after the command name (which is in parentheses and may contain
-    // anything): state is field 3, num_threads field 20.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("/proc/self/stat: no ')'")?;
-    rest.split_whitespace()
-        .nth(17)
-        .and_then(|f| f.parse().ok())
-        .context("/proc/self/stat: no thread count")
+/// What live VMs hold in this process: their fds (VM, vCPU) and their
+/// guest memory mappings. Background tear-downs are tracked through these,
+/// which works whether the runner tears down on a short-lived vCPU thread
+/// or on a reused executor thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Mappings exactly the size of a default guest's memory (16 MiB).
+    pub guest_maps: usize,
 }
 
-/// Waits until the process has at most `threads` threads again (the vCPU
-/// thread of the last run has torn down its VM and exited). Returns how
-/// long that took; gives up after a second.
-pub fn wait_for_threads(threads: usize) -> anyhow::Result<Duration> {
+/// This process's [`Footprint`] now (reads `/proc/self/fd` and
+/// `/proc/self/maps`: some tens of microseconds).
+pub fn footprint() -> anyhow::Result<Footprint> {
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .context("cannot list /proc/self/fd")?
+        .count();
+    let maps = std::fs::read_to_string("/proc/self/maps").context("cannot read /proc/self/maps")?;
+    let guest_maps = maps
+        .lines()
+        .filter_map(|line| {
+            let range = line.split_whitespace().next()?;
+            let (lo, hi) = range.split_once('-')?;
+            let lo = u64::from_str_radix(lo, 16).ok()?;
+            let hi = u64::from_str_radix(hi, 16).ok()?;
+            Some(hi.wrapping_sub(lo))
+        })
+        .filter(|&size| size == vmm::memory::DEFAULT_MEM_SIZE)
+        .count();
+    Ok(Footprint { fds, guest_maps })
+}
+
+/// Waits until at most `pending` VMs are still being torn down in the
+/// background, compared with `idle` (the footprint with no VM alive): each
+/// live VM holds 2 fds and a 16 MiB mapping. Returns how long that took.
+/// If the footprint does not come back within a second (something else in
+/// the process changed), it says so on stderr and goes on.
+pub fn wait_for_teardown(idle: Footprint, pending: usize) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    while live_threads()? > threads {
-        if start.elapsed() > Duration::from_secs(1) {
-            bail!("the vCPU thread of the previous run did not exit within a second");
+    let max_fds = idle.fds + 2 * pending;
+    let max_maps = idle.guest_maps + pending;
+    loop {
+        let now = footprint()?;
+        if now.fds <= max_fds && now.guest_maps <= max_maps {
+            return Ok(start.elapsed());
         }
-        if std::env::var_os("XOS_SPIN").is_some() { std::thread::yield_now() } else {
-        std::thread::sleep(Duration::from_micros(20)); }
+        if start.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "warning: waited 1 s for VM tear-downs: {now:?}, expected at most {max_fds} fds \
+                 and {max_maps} guest mappings; going on"
+            );
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(20));
     }
-    Ok(start.elapsed())
+}
+
+/// Runs one unmeasured cold start (it opens `/dev/kvm`, builds the seccomp
+/// filter, installs the kick handler and may start a vCPU thread: once-per-
+/// process costs), waits for its tear-down, and returns the footprint with
+/// no VM alive.
+fn warm_up_cold(
+    bytes: &'static [u8],
+    config: &RunConfig,
+    path: ColdPath,
+) -> anyhow::Result<Footprint> {
+    vmm::kvm::probe().context("KVM is not usable")?;
+    let idle = footprint()?;
+    cold_once(bytes, config, path).context("warm-up")?;
+    wait_for_teardown(idle, 0)?;
+    Ok(idle)
 }
 
 /// `samples` cold starts of `trivial-c` spaced as `pacing` says, after one
-/// unmeasured warm-up (which opens `/dev/kvm`, builds the seccomp filter
-/// and installs the kick handler: once-per-process costs).
-pub fn cold_series(samples: usize, pacing: Pacing) -> anyhow::Result<ColdSamples> {
+/// unmeasured warm-up (see [`warm_up_cold`]).
+pub fn cold_series(samples: usize, pacing: Pacing, path: ColdPath) -> anyhow::Result<ColdSamples> {
     let bytes = image_bytes(TRIVIAL_IMAGE)?;
     let config = cold_config();
-    let base = live_threads()?;
-    cold_once(bytes, &config).context("warm-up")?;
-    wait_for_threads(base)?;
+    let idle = warm_up_cold(bytes, &config, path)?;
     let mut out = ColdSamples {
         total: Vec::with_capacity(samples),
         create: Vec::with_capacity(samples),
@@ -166,26 +239,36 @@ pub fn cold_series(samples: usize, pacing: Pacing) -> anyhow::Result<ColdSamples
         teardown_wait: Vec::with_capacity(samples),
     };
     for _ in 0..samples {
-        let sample = cold_once(bytes, &config)?;
+        let sample = cold_once(bytes, &config, path)?;
         out.total.push(nanos(sample.total));
         out.create.push(nanos(sample.create));
         out.guest.push(nanos(sample.guest));
-        if pacing == Pacing::AfterTeardown {
-            out.teardown_wait.push(nanos(wait_for_threads(base)?));
-            if let Some(g) = std::env::var("XOS_GAP_US").ok().and_then(|v| v.parse().ok()) {
-                if std::env::var_os("XOS_SPIN").is_some() { let t = Instant::now(); while t.elapsed() < Duration::from_micros(g) { std::hint::spin_loop() } } else { std::thread::sleep(Duration::from_micros(g)) }
+        match pacing {
+            Pacing::AfterTeardown => out.teardown_wait.push(nanos(wait_for_teardown(idle, 0)?)),
+            Pacing::BackToBack => {
+                wait_for_teardown(idle, MAX_PENDING_TEARDOWNS)?;
             }
         }
     }
     // Leave no background tear-down behind for whatever runs next.
-    wait_for_threads(base)?;
+    wait_for_teardown(idle, 0)?;
     Ok(out)
 }
 
-/// `virtine.cold`: `samples` cold starts of `trivial-c`, each started once
-/// the previous one's VM is torn down (see [`Pacing::AfterTeardown`]).
+/// `virtine.cold`: `samples` cold starts of `trivial-c` through
+/// [`vmm::run_program`] (the VIC layer's path), back to back like the
+/// process baselines (see [`Pacing::BackToBack`]): earlier VMs' background
+/// tear-down may overlap a sample, as it would in a server.
 pub fn measure_cold(samples: usize) -> anyhow::Result<Vec<u64>> {
-    Ok(cold_series(samples, Pacing::AfterTeardown)?.total)
+    Ok(cold_series(samples, Pacing::BackToBack, ColdPath::Pipelined)?.total)
+}
+
+/// `virtine.cold_after_teardown`: like [`measure_cold`], but each sample
+/// starts only once the previous VM is completely torn down (see
+/// [`Pacing::AfterTeardown`]); the CPU is then often idle, and colder,
+/// when the sample starts.
+pub fn measure_cold_after_teardown(samples: usize) -> anyhow::Result<Vec<u64>> {
+    Ok(cold_series(samples, Pacing::AfterTeardown, ColdPath::Pipelined)?.total)
 }
 
 // ---------------------------------------------------------------------------
@@ -217,12 +300,16 @@ pub fn measure_hypercall_roundtrip(samples: usize) -> anyhow::Result<Vec<u64>> {
         }
     });
     let (io, _stdout, stderr) = GuestIo::capture(Vec::new());
+    vmm::kvm::probe().context("KVM is not usable")?;
+    let idle = footprint()?;
     let mut run = PreparedRun::new(&program, &config, io).context("cannot create the VM")?;
     run.on_resume(hook);
     let outcome = run
         .run(&Interrupter::new())
         .context("cannot run the guest")?;
     check_exit(HCLOOP_IMAGE, &outcome, &stderr)?;
+    // Do not leave the VM's background tear-down to whatever runs next.
+    wait_for_teardown(idle, 0)?;
     let mut deltas = std::mem::take(
         &mut *deltas
             .lock()
@@ -299,7 +386,10 @@ pub fn measure_exit_roundtrip(samples: usize) -> anyhow::Result<Vec<u64>> {
         let exit = machine.run().context("KVM_RUN failed")?;
         let now = Instant::now();
         if fingerprint(&std::mem::discriminant(&exit)) != doorbell_exit {
-            bail!("exit {} of the exit loop is {exit:?}, not the doorbell", i + 1);
+            bail!(
+                "exit {} of the exit loop is {exit:?}, not the doorbell",
+                i + 1
+            );
         }
         deltas.push(nanos(now - last));
         last = now;
@@ -440,7 +530,11 @@ mod tests {
     }
 
     #[test]
-    fn thread_count_is_readable() {
-        assert!(live_threads().unwrap() >= 1);
+    fn footprint_sees_a_mapping() {
+        let before = footprint().unwrap();
+        let mem = vmm::memory::allocate(vmm::memory::DEFAULT_MEM_SIZE).unwrap();
+        let during = footprint().unwrap();
+        assert_eq!(during.guest_maps, before.guest_maps + 1);
+        drop(mem);
     }
 }

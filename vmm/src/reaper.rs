@@ -19,30 +19,42 @@ const MAX_BACKLOG: usize = 32;
 
 static BACKLOG: AtomicUsize = AtomicUsize::new(0);
 
+static REAPER: OnceLock<Option<Mutex<SyncSender<Machine>>>> = OnceLock::new();
+
+/// Starts the reaper thread if it is not running. Call it from a thread
+/// without the vCPU seccomp filter (the filter refuses thread creation);
+/// the runner does, before it hands work to an executor.
+pub fn start() {
+    REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<Machine>(MAX_BACKLOG);
+        let spawned = std::thread::Builder::new()
+            .name("xos-reaper".into())
+            .spawn(move || {
+                lower_priority();
+                if let Err(e) = apply_vcpu_filter() {
+                    // Without its filter the reaper would be the least
+                    // confined thread touching VM state: stop, and let
+                    // executors tear down themselves.
+                    tracing::warn!(error = %e, "VM reaper disabled");
+                    return;
+                }
+                for machine in rx {
+                    drop(machine);
+                    BACKLOG.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Mutex::new(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the VM reaper; VMs are torn down inline");
+                None
+            }
+        }
+    });
+}
+
 fn reaper() -> Option<&'static Mutex<SyncSender<Machine>>> {
-    static REAPER: OnceLock<Option<Mutex<SyncSender<Machine>>>> = OnceLock::new();
-    REAPER
-        .get_or_init(|| {
-            let (tx, rx) = mpsc::sync_channel::<Machine>(MAX_BACKLOG);
-            std::thread::Builder::new()
-                .name("xos-reaper".into())
-                .spawn(move || {
-                    lower_priority();
-                    if apply_vcpu_filter().is_err() {
-                        // Without its filter the reaper would be the least
-                        // confined thread touching VM state: stop, and let
-                        // executors tear down themselves.
-                        return;
-                    }
-                    for machine in rx {
-                        drop(machine);
-                        BACKLOG.fetch_sub(1, Ordering::SeqCst);
-                    }
-                })
-                .ok()
-                .map(|_| Mutex::new(tx))
-        })
-        .as_ref()
+    REAPER.get().and_then(Option::as_ref)
 }
 
 /// Makes the calling thread `SCHED_IDLE`; on failure it keeps its priority
@@ -60,7 +72,7 @@ fn lower_priority() {
 }
 
 /// Tears `machine` down in the background, or right here when the reaper
-/// is behind or unavailable.
+/// is behind, not started or unavailable.
 pub fn dispose(machine: Machine) {
     let Some(reaper) = reaper() else {
         drop(machine);

@@ -18,7 +18,8 @@ use crate::interrupt::{install_handler, InterruptError, Interrupter, StopReason}
 use crate::io::GuestIo;
 use crate::layout::{BootSetup, GuestLayout, LayoutError};
 use crate::loader::Program;
-use crate::machine::{create_vcpu, create_vm, Machine, MachineError, VmShell};
+use crate::machine::{create_vcpu, create_vm, prepare_memory, Machine, MachineError, VmShell};
+use vm_memory::GuestMemoryMmap;
 use crate::reaper;
 use crate::seccomp::SeccompError;
 use kvm_ioctls::VcpuExit;
@@ -181,6 +182,7 @@ impl PreparedRun {
     /// that thread, after the result is back.
     pub fn run(self, interrupter: &Interrupter) -> Result<RunOutcome, RunError> {
         install_handler()?;
+        reaper::start();
         let (tx, rx) = mpsc::sync_channel(1);
         let timeout = self.timeout;
         let thread_interrupter = interrupter.clone();
@@ -229,25 +231,24 @@ fn wait_for_result(
 
 /// What the caller hands the executor once guest memory is ready.
 enum Handover {
-    /// Memory is prepared: build the machine and run.
+    /// Memory is prepared: register it, build the machine and run.
     Ready {
-        shell: VmShell,
+        mem: GuestMemoryMmap,
         layout: GuestLayout,
         io: GuestIo,
     },
-    /// Preparing failed: tear the VM down (off the caller's path, and VM
-    /// before memory).
-    Abandon(VmShell),
+    /// Preparing failed: drop the VM (off the caller's path).
+    Abandon,
 }
 
 /// Creates a VM for `program`, runs it to completion on a vCPU thread, and
 /// returns how it ended.
 ///
-/// The cold path is pipelined over two threads: right after
-/// `KVM_CREATE_VM` an executor starts creating the vCPU while this thread
-/// allocates and registers guest memory, writes the system area and loads
-/// the image; then the executor runs the guest. The executor's wake-up and
-/// `KVM_CREATE_VCPU` thus overlap with work the caller has to do anyway.
+/// The cold path runs on two threads at once: right after `KVM_CREATE_VM`
+/// an executor creates the vCPU while this thread allocates guest memory,
+/// writes the system area and loads the image (no VM ioctl); then the
+/// executor registers the memory, enters the guest, and tears the VM down
+/// after the result is back.
 pub fn run_program(
     program: &Program,
     config: &RunConfig,
@@ -255,35 +256,31 @@ pub fn run_program(
     interrupter: &Interrupter,
 ) -> Result<RunOutcome, RunError> {
     install_handler()?;
+    reaper::start();
     let mem_size = crate::memory::checked_size(config.mem_size).map_err(MachineError::from)?;
     let vm = create_vm()?;
     let (handover_tx, handover_rx) = mpsc::sync_channel::<Handover>(1);
     let (result_tx, result_rx) = mpsc::sync_channel(1);
-    let executor_vm = vm.clone();
     let thread_interrupter = interrupter.clone();
     let entry = program.entry();
     let host_functions = config.host_functions.clone();
     let timeout = config.timeout;
     dispatch(config.seccomp, move || {
-        let vcpu = create_vcpu(&executor_vm);
-        drop(executor_vm);
-        let (shell, layout, io) = match handover_rx.recv() {
-            Ok(Handover::Ready { shell, layout, io }) => (shell, layout, io),
-            Ok(Handover::Abandon(shell)) => {
-                drop(vcpu);
-                drop(shell);
-                return;
-            }
-            Err(_) => return,
+        let vcpu = create_vcpu(&vm);
+        let Ok(Handover::Ready { mem, layout, io }) = handover_rx.recv() else {
+            return;
         };
-        let vcpu = match vcpu {
-            Ok(vcpu) => vcpu,
+        let machine = vcpu.and_then(|vcpu| {
+            let shell = VmShell::register(vm, mem, mem_size)?;
+            Ok(Machine::assemble(shell, vcpu, Privilege::User))
+        });
+        let mut machine = match machine {
+            Ok(m) => m,
             Err(e) => {
                 let _ = result_tx.send(Err(e.into()));
                 return;
             }
         };
-        let mut machine = Machine::assemble(shell, vcpu, Privilege::User);
         machine.set_entry(entry, layout::STACK_TOP, layout::BOOT_INFO);
         let run = PreparedRun {
             machine,
@@ -297,19 +294,22 @@ pub fn run_program(
         reaper::dispose(machine);
     })?;
 
-    let shell = VmShell::new(vm, mem_size)?;
     let setup = BootSetup {
         program,
         args: &config.args,
         env: &config.env,
     };
-    match GuestLayout::prepare(shell.memory(), mem_size, true, &setup, &mut *io.stdin) {
-        Ok(layout) => {
-            let _ = handover_tx.send(Handover::Ready { shell, layout, io });
+    let prepared = prepare_memory(mem_size).map_err(RunError::from).and_then(|mem| {
+        let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)?;
+        Ok((mem, layout))
+    });
+    match prepared {
+        Ok((mem, layout)) => {
+            let _ = handover_tx.send(Handover::Ready { mem, layout, io });
         }
         Err(e) => {
-            let _ = handover_tx.send(Handover::Abandon(shell));
-            return Err(e.into());
+            let _ = handover_tx.send(Handover::Abandon);
+            return Err(e);
         }
     }
     wait_for_result(&result_rx, timeout, interrupter)

@@ -31,11 +31,19 @@ const fn kvm_ioctl(dir: u64, nr: u64, size: usize) -> u64 {
 const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
 
-/// ioctls a vCPU thread issues: creating its vCPU (the cold path creates
-/// it on the vCPU thread, in parallel with memory set-up), running the
-/// guest, and reading registers when a run ends in a fault.
-const VCPU_IOCTLS: [u64; 5] = [
+/// ioctls a vCPU thread issues. On the cold path the vCPU thread creates
+/// its vCPU and registers the guest memory the caller prepared (in parallel
+/// with the caller's work); then it runs the guest and reads registers when
+/// a run ends in a fault. Registering memory can only map memory this
+/// process already owns into its own VM, so it widens nothing a
+/// compromised vCPU thread could not already reach.
+const VCPU_IOCTLS: [u64; 6] = [
     kvm_ioctl(0, 0x41, 0), // KVM_CREATE_VCPU
+    kvm_ioctl(
+        IOC_WRITE,
+        0x46,
+        size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+    ), // KVM_SET_USER_MEMORY_REGION
     kvm_ioctl(0, 0x80, 0), // KVM_RUN
     kvm_ioctl(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>()), // KVM_GET_REGS
     kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
@@ -114,10 +122,11 @@ mod tests {
     #[test]
     fn ioctl_numbers_match_the_kernel_headers() {
         assert_eq!(super::VCPU_IOCTLS[0], 0xae41);
-        assert_eq!(super::VCPU_IOCTLS[1], 0xae80);
-        assert_eq!(super::VCPU_IOCTLS[2], 0x8090_ae81);
-        assert_eq!(super::VCPU_IOCTLS[3], 0x8138_ae83);
-        assert_eq!(super::VCPU_IOCTLS[4], 0x4090_ae82);
+        assert_eq!(super::VCPU_IOCTLS[1], 0x4020_ae46);
+        assert_eq!(super::VCPU_IOCTLS[2], 0xae80);
+        assert_eq!(super::VCPU_IOCTLS[3], 0x8090_ae81);
+        assert_eq!(super::VCPU_IOCTLS[4], 0x8138_ae83);
+        assert_eq!(super::VCPU_IOCTLS[5], 0x4090_ae82);
     }
 
     #[test]
