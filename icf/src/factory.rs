@@ -133,7 +133,10 @@ pub trait IsolationContextFactory: Send + Sync {
     }
 
     /// The `mutate` pivot, inbound: an IC of this kind from a process image.
-    fn convert_from_process(&self, _image: ProcessImage) -> Result<Box<dyn IsolationContext>, IcfError> {
+    fn convert_from_process(
+        &self,
+        _image: ProcessImage,
+    ) -> Result<Box<dyn IsolationContext>, IcfError> {
         Err(IcfError::Unsupported {
             icf: self.name(),
             operation: "mutate from process",

@@ -110,7 +110,11 @@ impl VmShell {
     /// `KVM_CREATE_VCPU` on the same VM serialize in the kernel (each
     /// costing the other ~150 µs when they overlap), so the cold path issues
     /// them one after the other on the vCPU thread.
-    pub fn register(vm: Arc<VmFd>, mem: GuestMemoryMmap, mem_size: u64) -> Result<VmShell, MachineError> {
+    pub fn register(
+        vm: Arc<VmFd>,
+        mem: GuestMemoryMmap,
+        mem_size: u64,
+    ) -> Result<VmShell, MachineError> {
         for (slot, region) in mem.iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,

@@ -19,12 +19,12 @@ use crate::io::GuestIo;
 use crate::layout::{BootSetup, GuestLayout, LayoutError};
 use crate::loader::Program;
 use crate::machine::{create_vcpu, create_vm, prepare_memory, Machine, MachineError, VmShell};
-use vm_memory::GuestMemoryMmap;
 use crate::reaper;
 use crate::seccomp::SeccompError;
 use kvm_ioctls::VcpuExit;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
 use xos_abi::{layout, DOORBELL, FAULT_PORT};
 
 /// Host-side failures of a run (the guest's own failures are
@@ -299,10 +299,12 @@ pub fn run_program(
         args: &config.args,
         env: &config.env,
     };
-    let prepared = prepare_memory(mem_size).map_err(RunError::from).and_then(|mem| {
-        let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)?;
-        Ok((mem, layout))
-    });
+    let prepared = prepare_memory(mem_size)
+        .map_err(RunError::from)
+        .and_then(|mem| {
+            let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)?;
+            Ok((mem, layout))
+        });
     match prepared {
         Ok((mem, layout)) => {
             let _ = handover_tx.send(Handover::Ready { mem, layout, io });
