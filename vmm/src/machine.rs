@@ -106,10 +106,10 @@ impl VmShell {
 
     /// Registers memory made by [`prepare_memory`] with `vm`.
     ///
-    /// On the project's machines `KVM_SET_USER_MEMORY_REGION` and
-    /// `KVM_CREATE_VCPU` on the same VM serialize in the kernel (each
-    /// costing the other ~150 µs when they overlap), so the cold path issues
-    /// them one after the other on the vCPU thread.
+    /// On the project's machines `KVM_CREATE_VCPU` and
+    /// `KVM_SET_USER_MEMORY_REGION` on the same VM serialize in the kernel
+    /// when they overlap, so the cold path issues them one after the other
+    /// on the vCPU thread, vCPU first.
     pub fn register(
         vm: Arc<VmFd>,
         mem: GuestMemoryMmap,
@@ -153,8 +153,10 @@ impl Machine {
     pub fn new(mem_size: u64, privilege: Privilege) -> Result<Machine, MachineError> {
         let mem_size = memory::checked_size(mem_size)?;
         let vm = create_vm()?;
+        // Same order as the cold path (`runner::run_program`): vCPU, then
+        // memory.
+        let vcpu = create_vcpu(&vm)?;
         let shell = VmShell::new(vm, mem_size)?;
-        let vcpu = create_vcpu(&shell.vm)?;
         Ok(Machine::assemble(shell, vcpu, privilege))
     }
 
