@@ -5,19 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
 fn kvm_available() -> bool {
-    match xos_vmm::vmm::kvm::probe() {
-        Ok(()) => true,
-        Err(e) => {
-            if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
-            }
-            eprintln!(
-                "\n!!! SKIPPING KVM TEST: {e} (set XOS_REQUIRE_KVM=1 to make this a failure)\n"
-            );
-            false
-        }
-    }
+    xos_vmm::vmm::kvm::available_for_tests()
 }
 
 fn xos(args: &[&str], stdin: &[u8]) -> Output {

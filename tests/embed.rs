@@ -6,17 +6,9 @@ use std::time::Duration;
 use xos_vmm::vmm::GuestExit;
 use xos_vmm::Function;
 
+/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
 fn kvm_available() -> bool {
-    match xos_vmm::vmm::kvm::probe() {
-        Ok(()) => true,
-        Err(e) => {
-            if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
-            }
-            eprintln!("\n!!! SKIPPING KVM TEST: {e}\n");
-            false
-        }
-    }
+    xos_vmm::vmm::kvm::available_for_tests()
 }
 
 fn faults() -> Function {

@@ -60,3 +60,22 @@ pub fn kvm() -> Result<&'static Kvm, KvmError> {
 pub fn probe() -> Result<(), KvmError> {
     kvm().map(|_| ())
 }
+
+/// The KVM policy of the project's test suites: true when tests that need
+/// KVM should run. Without usable KVM they skip with a loud message on
+/// stderr, unless `XOS_REQUIRE_KVM=1` (CI), where a missing KVM is a
+/// failure: this panics with the probe's reason.
+pub fn available_for_tests() -> bool {
+    match probe() {
+        Ok(()) => true,
+        Err(e) if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") => {
+            panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n!!! SKIPPING A KVM TEST: {e} (set XOS_REQUIRE_KVM=1 to make this a failure)\n"
+            );
+            false
+        }
+    }
+}

@@ -27,19 +27,7 @@ pub fn store(addr: u32, value: u32) -> Vec<u8> {
     c
 }
 
-/// True when tests that need KVM should run. Without /dev/kvm they skip
-/// loudly, unless XOS_REQUIRE_KVM=1 (CI), where a missing KVM fails.
+/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
 pub fn kvm_available() -> bool {
-    match vmm::kvm::probe() {
-        Ok(()) => true,
-        Err(e) => {
-            if std::env::var("XOS_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("XOS_REQUIRE_KVM=1 but KVM is unusable: {e}");
-            }
-            eprintln!(
-                "\n!!! SKIPPING KVM TEST: {e} (set XOS_REQUIRE_KVM=1 to make this a failure)\n"
-            );
-            false
-        }
-    }
+    vmm::kvm::available_for_tests()
 }
