@@ -10,6 +10,7 @@
 //! - [`loader`]: validating and loading ELF images; [`elf_writer`] makes
 //!   tiny ones for tests and benchmarks.
 //! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
+//! - [`snapshot`]: a stopped guest's complete state, to a file and back.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ pub mod memory;
 pub mod reaper;
 pub mod runner;
 pub mod seccomp;
+pub mod snapshot;
 
 pub use exit::{Fault, GuestExit, GuestRegs, RunStats};
 pub use host_fn::HostFunctions;

@@ -64,6 +64,16 @@ impl std::fmt::Debug for Machine {
     }
 }
 
+/// True when `xsave` is a standard-format XSAVE area holding only x87 and
+/// SSE state (XSTATE_BV within bits 0-1, XCOMP_BV zero) with a valid MXCSR.
+pub fn xsave_is_legacy(xsave: &kvm_bindings::kvm_xsave) -> bool {
+    let r = &xsave.region;
+    let xstate_bv = u64::from(r[128]) | (u64::from(r[129]) << 32);
+    let xcomp_bv = u64::from(r[130]) | (u64::from(r[131]) << 32);
+    let mxcsr = r[6];
+    xstate_bv & !0x3 == 0 && xcomp_bv == 0 && mxcsr & !0xffff == 0
+}
+
 /// Creates an empty KVM VM (`KVM_CREATE_VM`), shareable between the thread
 /// that sets up its memory and the one that creates its vCPU.
 pub fn create_vm() -> Result<Arc<VmFd>, MachineError> {
@@ -234,6 +244,87 @@ impl Machine {
         let regs = self.vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
         let sregs = self.vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         Ok((regs, sregs))
+    }
+
+    /// The x87/SSE state as an XSAVE area (`KVM_GET_XSAVE`). On the
+    /// project's KVM backend `KVM_GET_FPU`/`KVM_SET_FPU` do not reflect the
+    /// guest's state (MXCSR reads 0, set values are lost at the next entry);
+    /// the XSAVE interface does.
+    pub fn xsave(&self) -> Result<kvm_bindings::kvm_xsave, MachineError> {
+        self.vcpu.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))
+    }
+
+    /// The values of `indices` that KVM can read (`KVM_GET_MSRS`).
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<(u32, u64)>, MachineError> {
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = indices
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs =
+            kvm_bindings::Msrs::from_entries(&entries).map_err(|_| MachineError::Ioctl {
+                op: "KVM_GET_MSRS",
+                source: kvm_ioctls::Error::new(libc::E2BIG),
+            })?;
+        let read = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(ioctl("KVM_GET_MSRS"))?;
+        Ok(msrs.as_slice()[..read]
+            .iter()
+            .map(|e| (e.index, e.data))
+            .collect())
+    }
+
+    /// Loads a complete register state (general, special, x87/SSE, MSRs)
+    /// with ioctls; used when restoring a snapshot. The XSAVE area must be
+    /// in the standard format with only x87 and SSE state
+    /// ([`xsave_is_legacy`]), the only state these guests have.
+    pub fn set_state(
+        &mut self,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+        xsave: &kvm_bindings::kvm_xsave,
+        msrs: &[(u32, u64)],
+    ) -> Result<(), MachineError> {
+        if !xsave_is_legacy(xsave) {
+            return Err(MachineError::Ioctl {
+                op: "KVM_SET_XSAVE",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        self.vcpu.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        self.vcpu.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
+        // SAFETY: the kernel reads as much of the area as the features in
+        // its XSTATE_BV need; `xsave_is_legacy` checked that only x87 and
+        // SSE (the 512-byte legacy region plus the 64-byte header) are in
+        // use, so it reads within the 4096-byte `region`.
+        unsafe { self.vcpu.set_xsave(xsave) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+        if !msrs.is_empty() {
+            let entries: Vec<kvm_bindings::kvm_msr_entry> = msrs
+                .iter()
+                .map(|&(index, data)| kvm_bindings::kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                })
+                .collect();
+            let list =
+                kvm_bindings::Msrs::from_entries(&entries).map_err(|_| MachineError::Ioctl {
+                    op: "KVM_SET_MSRS",
+                    source: kvm_ioctls::Error::new(libc::E2BIG),
+                })?;
+            let written = self.vcpu.set_msrs(&list).map_err(ioctl("KVM_SET_MSRS"))?;
+            if written != entries.len() {
+                return Err(MachineError::Ioctl {
+                    op: "KVM_SET_MSRS",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The guest's registers now, for error reports.

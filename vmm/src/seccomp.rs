@@ -34,10 +34,11 @@ const IOC_READ: u64 = 2;
 /// ioctls a vCPU thread issues. On the cold path the vCPU thread creates
 /// its vCPU and registers the guest memory the caller prepared (in parallel
 /// with the caller's work); then it runs the guest and reads registers when
-/// a run ends in a fault. Registering memory can only map memory this
+/// a run ends in a fault, and saving or loading the whole vCPU state for
+/// snapshots. Registering memory can only map memory this
 /// process already owns into its own VM, so it widens nothing a
 /// compromised vCPU thread could not already reach.
-const VCPU_IOCTLS: [u64; 6] = [
+const VCPU_IOCTLS: [u64; 11] = [
     kvm_ioctl(0, 0x41, 0), // KVM_CREATE_VCPU
     kvm_ioctl(
         IOC_WRITE,
@@ -48,6 +49,15 @@ const VCPU_IOCTLS: [u64; 6] = [
     kvm_ioctl(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>()), // KVM_GET_REGS
     kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>()), // KVM_GET_SREGS
     kvm_ioctl(IOC_WRITE, 0x82, size_of::<kvm_bindings::kvm_regs>()), // KVM_SET_REGS
+    kvm_ioctl(IOC_WRITE, 0x84, size_of::<kvm_bindings::kvm_sregs>()), // KVM_SET_SREGS
+    kvm_ioctl(IOC_READ, 0xa4, size_of::<kvm_bindings::kvm_xsave>()), // KVM_GET_XSAVE
+    kvm_ioctl(IOC_WRITE, 0xa5, size_of::<kvm_bindings::kvm_xsave>()), // KVM_SET_XSAVE
+    kvm_ioctl(
+        IOC_READ | IOC_WRITE,
+        0x88,
+        size_of::<kvm_bindings::kvm_msrs>(),
+    ), // KVM_GET_MSRS
+    kvm_ioctl(IOC_WRITE, 0x89, size_of::<kvm_bindings::kvm_msrs>()), // KVM_SET_MSRS
 ];
 
 /// Syscalls allowed without conditions.
@@ -127,6 +137,11 @@ mod tests {
         assert_eq!(super::VCPU_IOCTLS[3], 0x8090_ae81);
         assert_eq!(super::VCPU_IOCTLS[4], 0x8138_ae83);
         assert_eq!(super::VCPU_IOCTLS[5], 0x4090_ae82);
+        assert_eq!(super::VCPU_IOCTLS[6], 0x4138_ae84);
+        assert_eq!(super::VCPU_IOCTLS[7], 0x9000_aea4);
+        assert_eq!(super::VCPU_IOCTLS[8], 0x5000_aea5);
+        assert_eq!(super::VCPU_IOCTLS[9], 0xc008_ae88);
+        assert_eq!(super::VCPU_IOCTLS[10], 0x4008_ae89);
     }
 
     #[test]
