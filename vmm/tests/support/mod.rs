@@ -3,6 +3,7 @@
 //! presence policy.
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // each test binary uses a different part
 pub use vmm::elf_writer::{code_image, SegmentSpec as Seg};
 
 /// Builds a static x86-64 ELF64 executable with the given segments.
