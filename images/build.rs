@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// C images that must exist (`images/c/<name>.c`).
-const REQUIRED_C: &[&str] = &["echo", "faults", "hcloop", "hello", "sum", "trivial", "wc"];
+const REQUIRED_C: &[&str] = &[
+    "echo", "faults", "hcloop", "hello", "ready", "sum", "trivial", "wc",
+];
 /// Binaries of `images/rust` that must be built.
 const REQUIRED_RUST: &[&str] = &["hello", "sum", "wc"];
 /// Binaries of `images/rust` that are included when they exist.

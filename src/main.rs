@@ -7,7 +7,9 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use xos_vmm::icf::{Availability, IcSpec, Registry, RegistryError};
+use xos_vmm::icf::{
+    Availability, IcSpec, IcfError, IsolationContextFactory, Registry, RegistryError,
+};
 use xos_vmm::units::{parse_duration, parse_size};
 use xos_vmm::vmm::{GuestExit, GuestIo};
 
@@ -32,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run a guest image in a fresh isolation context.
     Run(RunArgs),
+    /// Run a guest image up to its ready point (xos_ready()) and write its
+    /// complete state to a snapshot file, for `run --from-snapshot`.
+    Snapshot(SnapshotArgs),
     /// List the registered isolation context factories and their availability.
     Icfs {
         /// Also print the communication mechanisms registered per pair of kinds.
@@ -61,9 +66,42 @@ struct RunArgs {
     /// Print exits, hypercalls and timings to stderr when the guest ends.
     #[arg(long)]
     stats: bool,
+    /// Start from a snapshot file (made by `xos-vmm snapshot`) instead of an
+    /// image: the guest continues at its ready point with this run's stdin.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["mem", "env"])]
+    from_snapshot: Option<PathBuf>,
     /// The guest image: a static ELF built by xos-cc, or @NAME for a built-in example.
-    file: String,
+    #[arg(required_unless_present = "from_snapshot")]
+    file: Option<String>,
     /// Arguments passed to the guest (after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// Isolation context factory (see `xos-vmm icfs`).
+    #[arg(long, value_name = "NAME", default_value = "virtine")]
+    icf: String,
+    /// Guest memory limit, e.g. 16M, 256MiB, 1G.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    mem: Option<u64>,
+    /// Stop the guest if it has not reached its ready point after this long.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    timeout: Option<Duration>,
+    /// Add KEY=VALUE to the guest's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Where to write the snapshot.
+    #[arg(short, long, value_name = "SNAPSHOT")]
+    output: PathBuf,
+    /// The guest image (it must call xos_ready()).
+    file: String,
+    /// Arguments passed to the guest (after `--`); they are part of the snapshot.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -117,6 +155,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Snapshot(args) => snapshot(args),
         Command::Icfs { com } => icfs(com),
         Command::Images => images(),
         Command::Bench(args) => xos_vmm::bench::main(&args)
@@ -150,39 +189,104 @@ fn load(file: &str) -> Result<(xos_vmm::vmm::Program, String), Failure> {
     Ok((program, file.to_owned()))
 }
 
-fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let registry = Registry::builtin();
-    let factory = registry.resolve(&args.icf).map_err(|e| match e {
+fn resolve(
+    registry: &Registry,
+    icf: &str,
+) -> Result<std::sync::Arc<dyn IsolationContextFactory>, Failure> {
+    registry.resolve(icf).map_err(|e| match e {
         RegistryError::Unknown { .. } => usage(e),
         _ => Failure::from(e),
-    })?;
-    let (program, argv0) = load(&args.file)?;
+    })
+}
 
+/// The IC spec for an image file (or @NAME) with the command line's options.
+fn spec_for(
+    file: &str,
+    mem: Option<u64>,
+    timeout: Option<Duration>,
+    env: Vec<String>,
+    args: Vec<OsString>,
+) -> Result<IcSpec, Failure> {
+    let (program, argv0) = load(file)?;
     let mut spec = IcSpec::new(program);
-    if let Some(mem) = args.mem {
+    if let Some(mem) = mem {
         xos_vmm::vmm::memory::checked_size(mem).map_err(usage)?;
         spec.mem_size = mem;
     }
-    spec.timeout = args.timeout;
+    spec.timeout = timeout;
     spec.args = std::iter::once(argv0.into_bytes())
-        .chain(args.args.into_iter().map(OsStringExt::into_vec))
+        .chain(args.into_iter().map(OsStringExt::into_vec))
         .collect();
-    for entry in &args.env {
-        if !entry.contains('=') {
-            return Err(usage(anyhow::anyhow!("--env {entry}: expected KEY=VALUE")));
-        }
+    if let Some(entry) = env.iter().find(|e| !e.contains('=')) {
+        return Err(usage(anyhow::anyhow!("--env {entry}: expected KEY=VALUE")));
     }
-    spec.env = args.env.into_iter().map(String::into_bytes).collect();
+    spec.env = env.into_iter().map(String::into_bytes).collect();
+    Ok(spec)
+}
 
-    let mut ic = factory.create(spec)?;
-    let outcome = match ic.run(GuestIo::inherit()) {
-        Ok(o) => o,
-        Err(xos_vmm::icf::IcfError::Run(xos_vmm::vmm::RunError::Layout(e))) => {
-            // Image too large for --mem, arguments too long: the user's to fix.
-            return Err(usage(anyhow::anyhow!("{}: {e}", args.file)));
+/// Maps a failed IC operation to an exit code: problems with what the user
+/// gave (an image too large for --mem, arguments too long, a bad snapshot,
+/// a guest without a ready point) are usage errors (2), the rest host
+/// failures (1).
+fn ic_failure(what: &str, e: IcfError) -> Failure {
+    use xos_vmm::vmm::RunError;
+    match e {
+        IcfError::Run(RunError::Layout(e)) => usage(anyhow::anyhow!("{what}: {e}")),
+        IcfError::Snapshot(e) | IcfError::Run(RunError::Snapshot(e)) => {
+            usage(anyhow::anyhow!("{what}: {e}"))
         }
-        Err(e) => return Err(e.into()),
+        e @ IcfError::NotReady { .. } => usage(anyhow::anyhow!("{what}: {e}")),
+        e => Failure::from(e),
+    }
+}
+
+fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
+    let registry = Registry::builtin();
+    let factory = resolve(&registry, &args.icf)?;
+    let spec = spec_for(&args.file, args.mem, args.timeout, args.env, args.args)?;
+    let ic = factory.create(spec)?;
+    let state = ic.dump().map_err(|e| ic_failure(&args.file, e))?;
+    std::fs::write(&args.output, &state)
+        .with_context(|| format!("cannot write the snapshot to {}", args.output.display()))?;
+    eprintln!(
+        "xos-vmm: {}: snapshot at the ready point written to {} ({} bytes)",
+        args.file,
+        args.output.display(),
+        state.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    let registry = Registry::builtin();
+    let factory = resolve(&registry, &args.icf)?;
+    let (mut ic, what) = match (&args.from_snapshot, args.file) {
+        (Some(path), file) => {
+            if file.is_some() || !args.args.is_empty() {
+                return Err(usage(anyhow::anyhow!(
+                    "no image or arguments can be given with --from-snapshot: they are part of the snapshot"
+                )));
+            }
+            let what = path.display().to_string();
+            let bytes = std::fs::read(path)
+                .map_err(|e| usage(anyhow::anyhow!("{what}: cannot read the snapshot: {e}")))?;
+            let ic = factory.restore(&bytes).map_err(|e| ic_failure(&what, e))?;
+            (ic, what)
+        }
+        (None, Some(file)) => {
+            let spec = spec_for(&file, args.mem, args.timeout, args.env, args.args)?;
+            (factory.create(spec)?, file)
+        }
+        (None, None) => {
+            return Err(usage(anyhow::anyhow!(
+                "give an image FILE or --from-snapshot"
+            )))
+        }
     };
+    ic.set_timeout(args.timeout);
+    let outcome = ic
+        .run(GuestIo::inherit())
+        .map_err(|e| ic_failure(&what, e))?;
     if args.stats {
         eprintln!(
             "xos-vmm: {} exits, {} hypercalls, guest time {:?}",
@@ -191,7 +295,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     }
     match &outcome.exit {
         GuestExit::Exited(_) => {}
-        other => eprintln!("xos-vmm: {}: {other}", args.file),
+        other => eprintln!("xos-vmm: {what}: {other}"),
     }
     Ok(ExitCode::from(outcome.exit.exit_code().clamp(0, 255) as u8))
 }

@@ -42,7 +42,7 @@ int main(void) {
     P("image_base", XOS_IMAGE_BASE);
     P("exit", XOS_HC_EXIT); P("abort", XOS_HC_ABORT); P("flush", XOS_HC_FLUSH);
     P("read_stdin", XOS_HC_READ_STDIN); P("write", XOS_HC_WRITE);
-    P("host_call", XOS_HC_HOST_CALL); P("nop", XOS_HC_NOP);
+    P("host_call", XOS_HC_HOST_CALL); P("nop", XOS_HC_NOP); P("ready", XOS_HC_READY);
     P("efault", -XOS_EFAULT); P("einval", -XOS_EINVAL); P("enoent", -XOS_ENOENT);
     P("e2big", -XOS_E2BIG); P("eio", -XOS_EIO); P("ehostfn", -XOS_EHOSTFN);
     return 0;
@@ -98,6 +98,7 @@ int main(void) {
         ("write", u64::from(nr::WRITE)),
         ("host_call", u64::from(nr::HOST_CALL)),
         ("nop", u64::from(nr::NOP)),
+        ("ready", u64::from(nr::READY)),
         ("efault", (-err::EFAULT) as u64),
         ("einval", (-err::EINVAL) as u64),
         ("enoent", (-err::ENOENT) as u64),

@@ -22,6 +22,7 @@
 #define XOS_HC_WRITE 5
 #define XOS_HC_HOST_CALL 6
 #define XOS_HC_NOP 7
+#define XOS_HC_READY 8
 
 #define XOS_EFAULT (-14)
 #define XOS_EINVAL (-22)

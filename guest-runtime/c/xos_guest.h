@@ -49,6 +49,12 @@ long xos_host_call(const char *name, const void *in, size_t in_len, void *out,
 /* Hands all buffered stdout/stderr output to the monitor now (one exit). */
 void xos_flush(void);
 
+/* Marks the end of initialisation: `xos-vmm snapshot` takes its snapshot
+ * here, and every run restored from it continues from here with new stdin.
+ * Returns 0 in the run that called it, 1 in a restored run. Call it before
+ * reading stdin. */
+int xos_ready(void);
+
 /* ---- errno ------------------------------------------------------------- */
 
 extern int errno;

@@ -1,6 +1,7 @@
 //! Errors of the VIC layer.
 
-use vmm::{ImageError, RunError};
+use vmm::snapshot::SnapshotError;
+use vmm::{GuestExit, ImageError, RunError};
 
 /// What went wrong in a VIC operation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,17 @@ pub enum IcfError {
     /// Running the IC failed on the host side.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A snapshot file is not usable.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// `ic_dump` ran the guest to its ready point, but it ended first.
+    #[error("the guest ended before it called xos_ready(), so there is no ready point to snapshot ({exit}){}", if stderr.is_empty() { String::new() } else { format!("; its stderr: {}", stderr.trim_end()) })]
+    NotReady {
+        /// How it ended.
+        exit: Box<GuestExit>,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
     /// An IC was handed to a factory of another kind.
     #[error("an IC of kind {got} was given to the {expected} factory")]
     WrongKind {

@@ -78,6 +78,12 @@ pub trait IsolationContext: Send {
     /// A handle that stops the running execution flow from another thread.
     fn interrupter(&self) -> Interrupter;
 
+    /// Limits each later run to `timeout` (`None`: no limit).
+    fn set_timeout(&mut self, timeout: Option<Duration>);
+
+    /// Replaces the host functions the IC's execution flow may call.
+    fn set_host_functions(&mut self, functions: HostFunctions);
+
     /// `ic_switch_in`: the scheduler is putting an execution flow of this IC
     /// on a CPU. Kinds whose CPUs the host kernel schedules need nothing.
     fn switch_in(&mut self) -> Result<(), IcfError> {

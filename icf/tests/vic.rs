@@ -50,6 +50,44 @@ fn unsupported(e: IcfError, operation: &str) {
     }
 }
 
+/// A guest that computes in its initialisation, calls READY, then exits
+/// with `xmm3 + ret(READY)`: 40 in the first run, 41 when restored.
+fn ready_then_exit() -> Program {
+    let mut c = vec![0x48, 0xc7, 0xc0, 40, 0, 0, 0]; // mov rax, 40
+    c.extend([0x66, 0x48, 0x0f, 0x6e, 0xd8]); // movq xmm3, rax
+    c.extend([0xb8, 8, 0, 0, 0, 0xa3]); // READY
+    c.extend(xos_abi::DOORBELL.to_le_bytes());
+    c.extend([0x66, 0x48, 0x0f, 0x7e, 0xdb]); // movq rbx, xmm3
+    c.extend([0x48, 0x03, 0x1c, 0x25]); // add rbx, [ret]
+    c.extend((0x20000u32 + 192).to_le_bytes());
+    c.extend([0x48, 0x89, 0x1c, 0x25]); // mov [args0], rbx
+    c.extend((0x20000u32 + 144).to_le_bytes());
+    c.extend([0xb8, 1, 0, 0, 0, 0xa3]); // EXIT
+    c.extend(xos_abi::DOORBELL.to_le_bytes());
+    Program::parse(vmm::elf_writer::code_image(&c)).expect("valid")
+}
+
+#[test]
+fn dump_and_restore_resume_at_the_ready_point() {
+    if !kvm_available() {
+        return;
+    }
+    let factory = Registry::builtin().resolve("virtine").expect("available");
+    let mut ic = factory
+        .create(IcSpec::new(ready_then_exit()))
+        .expect("create");
+    let (io, _, _) = GuestIo::capture(Vec::new());
+    assert_eq!(ic.run(io).expect("run").exit, GuestExit::Exited(40));
+    let state = ic.dump().expect("dump");
+    let mut restored = factory.restore(&state).expect("restore");
+    for _ in 0..3 {
+        let (io, _, _) = GuestIo::capture(Vec::new());
+        assert_eq!(restored.run(io).expect("run").exit, GuestExit::Exited(41));
+    }
+    // A restored IC dumps the same state again.
+    assert_eq!(restored.dump().expect("dump again"), state);
+}
+
 #[test]
 fn operations_not_implemented_yet_are_typed_errors() {
     if !kvm_available() {
@@ -58,11 +96,13 @@ fn operations_not_implemented_yet_are_typed_errors() {
     let registry = Registry::builtin();
     let factory = registry.resolve("virtine").expect("available");
     let ic = factory.create(IcSpec::new(exit9())).expect("create");
-    unsupported(ic.dump().expect_err("dump"), "ic_dump");
-    unsupported(
-        factory.restore(b"state").err().expect("restore"),
-        "ic_restore",
-    );
+    // This guest never calls READY: there is no ready point to dump.
+    assert!(matches!(ic.dump(), Err(IcfError::NotReady { .. })));
+    // Bytes that are not a snapshot are refused with the reason.
+    assert!(matches!(
+        factory.restore(b"state"),
+        Err(IcfError::Snapshot(_))
+    ));
     unsupported(
         factory
             .convert_from_process(ProcessImage::default())

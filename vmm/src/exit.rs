@@ -159,6 +159,9 @@ pub enum GuestExit {
     },
     /// Someone called [`crate::interrupt::Interrupter::kill`].
     Killed,
+    /// The guest reached its ready point and was stopped there to take a
+    /// snapshot ([`crate::RunConfig::stop_at_ready`]).
+    Ready,
 }
 
 impl GuestExit {
@@ -171,6 +174,7 @@ impl GuestExit {
             GuestExit::Aborted(_) => 128 + libc::SIGABRT,
             GuestExit::TimedOut { .. } => 124,
             GuestExit::Killed => 128 + libc::SIGKILL,
+            GuestExit::Ready => 0,
             GuestExit::Faulted { fault, .. } => match fault {
                 Fault::Exception(e) => match e.vector {
                     0 | 16 | 19 => 128 + libc::SIGFPE,
@@ -209,6 +213,7 @@ impl fmt::Display for GuestExit {
             GuestExit::Exited(c) => write!(f, "guest exited with code {c}"),
             GuestExit::Aborted(m) => write!(f, "guest aborted: {m}"),
             GuestExit::Killed => write!(f, "guest was killed"),
+            GuestExit::Ready => write!(f, "guest stopped at its ready point"),
             GuestExit::TimedOut { limit, regs } => write!(
                 f,
                 "guest timed out after {limit:?} and was stopped at rip={:#x}",

@@ -52,6 +52,9 @@ pub enum Next {
     Resume,
     /// The guest exited with this code.
     Exit(u8),
+    /// The guest reached its ready point (`READY`); the run loop decides
+    /// whether to stop there or to answer 0 and resume.
+    Ready,
     /// The guest aborted with this message.
     Abort(String),
     /// The guest broke the protocol.
@@ -106,6 +109,7 @@ impl Hypercalls {
         let a = hc.args;
         match number {
             nr::EXIT => Ok(Next::Exit(a[0] as u8)),
+            nr::READY => Ok(Next::Ready),
             nr::ABORT => Ok(Next::Abort(self.abort_message(mem, a[0], a[1]))),
             nr::FLUSH => self.ret(mem, 0),
             nr::READ_STDIN => {
@@ -124,7 +128,8 @@ impl Hypercalls {
         }
     }
 
-    fn ret(&mut self, mem: &GuestMemoryMmap, value: i64) -> Result<Next, HypercallError> {
+    /// Stores `value` as the result of the current hypercall.
+    pub fn ret(&mut self, mem: &GuestMemoryMmap, value: i64) -> Result<Next, HypercallError> {
         let at = boot_field(HYPERCALL_RET_OFFSET);
         mem.write_obj(value, at).map_err(mem_err(at.0))?;
         Ok(Next::Resume)

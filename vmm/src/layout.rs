@@ -20,6 +20,9 @@ pub enum LayoutError {
         /// Bytes needed.
         size: u64,
     },
+    /// A restored guest's BootInfo is not usable.
+    #[error("the snapshot's boot information is invalid: {0}")]
+    BadBootInfo(String),
     /// An argument or environment string contains a NUL byte.
     #[error("{what} {index} contains a NUL byte, which C strings cannot carry")]
     NulInString {
@@ -216,6 +219,99 @@ impl GuestLayout {
                 source,
             })?;
         Ok(layout)
+    }
+}
+
+impl GuestLayout {
+    /// Reads the layout of a guest restored from a snapshot from its
+    /// BootInfo (checking that every region is guest user memory), then
+    /// prepares the guest to continue at its ready point: the first chunk of
+    /// new stdin in the stdin buffer, an empty output buffer, and 1 as the
+    /// result of the pending `READY` hypercall.
+    pub fn resume(
+        mem: &GuestMemoryMmap,
+        mem_size: u64,
+        stdin: &mut dyn GuestInput,
+    ) -> Result<GuestLayout, LayoutError> {
+        let bad = |m: String| LayoutError::BadBootInfo(m);
+        let info: BootInfo = mem
+            .read_obj(GuestAddress(layout::BOOT_INFO))
+            .map_err(|source| LayoutError::Write {
+                what: "boot information",
+                addr: layout::BOOT_INFO,
+                source,
+            })?;
+        if info.magic != BOOT_MAGIC || info.abi_version != ABI_VERSION {
+            return Err(bad(format!(
+                "magic {:#x}, ABI version {}",
+                info.magic, info.abi_version
+            )));
+        }
+        if info.mem_size != mem_size {
+            return Err(bad(format!(
+                "it says {} bytes of memory, the VM has {mem_size}",
+                info.mem_size
+            )));
+        }
+        let user = |what: &str, addr: u64, len: u64| {
+            if len == 0 || !crate::arch::paging::user_accessible(addr, len, mem_size) {
+                Err(bad(format!(
+                    "the {what} {addr:#x}+{len:#x} is not guest user memory"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        user("stdin buffer", info.stdin.buf, info.stdin.cap)?;
+        user("output buffer", info.output.buf, info.output.cap)?;
+        let layout = GuestLayout {
+            mem_size,
+            args: info.heap_end,
+            args_size: info.output.buf.saturating_sub(info.heap_end),
+            output: info.output.buf,
+            output_cap: info.output.cap,
+            stdin: info.stdin.buf,
+            stdin_cap: info.stdin.cap,
+            heap_start: info.heap_start,
+        };
+
+        let mut chunk = vec![0u8; layout.stdin_cap.min(layout::STDIN_BUF_SIZE) as usize];
+        let (len, eof) = stdin.prefill(&mut chunk).map_err(LayoutError::Stdin)?;
+        write(mem, "stdin buffer", layout.stdin, &chunk[..len])?;
+        let stdin_state = StdinState {
+            buf: layout.stdin,
+            cap: chunk.len() as u64,
+            len: len as u64,
+            eof: u64::from(eof),
+        };
+        let output_state = OutputState {
+            buf: layout.output,
+            cap: layout.output_cap,
+            used: 0,
+            reserved: 0,
+        };
+        let put = |what: &'static str, offset: usize, bytes: &[u8]| {
+            write(mem, what, layout::BOOT_INFO + offset as u64, bytes)
+        };
+        put(
+            "stdin state",
+            STDIN_OFFSET,
+            vm_memory::ByteValued::as_slice(&stdin_state),
+        )?;
+        put(
+            "output state",
+            OUTPUT_OFFSET,
+            vm_memory::ByteValued::as_slice(&output_state),
+        )?;
+        put(
+            "hypercall result",
+            HYPERCALL_RET_OFFSET,
+            &1i64.to_le_bytes(),
+        )?;
+        Ok(GuestLayout {
+            stdin_cap: chunk.len() as u64,
+            ..layout
+        })
     }
 }
 

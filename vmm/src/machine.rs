@@ -219,6 +219,24 @@ impl Machine {
         self.vcpu.run()
     }
 
+    /// Completes the instruction of the last I/O or MMIO exit: KVM finishes
+    /// it only when `KVM_RUN` is entered again, so before the vCPU state
+    /// is read for a snapshot, enter with `immediate_exit` set (KVM
+    /// completes the access and returns at once with EINTR).
+    pub fn complete_pending_io(&mut self) -> Result<(), MachineError> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let result = self.vcpu.run().map(|_| ());
+        self.vcpu.set_kvm_immediate_exit(0);
+        match result {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(()) => Ok(()),
+            Err(source) => Err(MachineError::Ioctl {
+                op: "KVM_RUN (completing I/O)",
+                source,
+            }),
+        }
+    }
+
     /// Pointer to the vCPU's `immediate_exit` byte, for the interrupter.
     pub(crate) fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.vcpu.get_kvm_run().immediate_exit

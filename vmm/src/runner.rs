@@ -21,6 +21,7 @@ use crate::loader::Program;
 use crate::machine::{create_vcpu, create_vm, prepare_memory, Machine, MachineError, VmShell};
 use crate::reaper;
 use crate::seccomp::SeccompError;
+use crate::snapshot::{Snapshot, SnapshotError};
 use kvm_ioctls::VcpuExit;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,9 @@ pub enum RunError {
     /// No executor thread could run the guest.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    /// Taking or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -73,6 +77,9 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Functions the guest may call.
     pub host_functions: HostFunctions,
+    /// Stop at the guest's ready point (`READY`) and capture a snapshot
+    /// there ([`RunOutcome::snapshot`]) instead of answering and resuming.
+    pub stop_at_ready: bool,
     /// Run on a vCPU thread with the seccomp filter (on by default). Off
     /// runs on a fresh unfiltered thread, for host functions that need
     /// syscalls the filter refuses.
@@ -87,6 +94,7 @@ impl Default for RunConfig {
             env: Vec::new(),
             timeout: None,
             host_functions: HostFunctions::new(),
+            stop_at_ready: false,
             seccomp: true,
         }
     }
@@ -101,6 +109,9 @@ pub struct RunOutcome {
     pub stats: RunStats,
     /// Wall time from entry to the guest's end.
     pub guest_time: Duration,
+    /// The guest's state at its ready point, when the run was asked to stop
+    /// there and it did.
+    pub snapshot: Option<Box<Snapshot>>,
 }
 
 /// Called each time a hypercall has been served and the guest is about to
@@ -111,9 +122,26 @@ pub type ResumeHook = Box<dyn FnMut() + Send>;
 pub struct PreparedRun {
     machine: Machine,
     hypercalls: Hypercalls,
-    timeout: Option<Duration>,
+    options: LoopOptions,
     seccomp: bool,
+}
+
+/// How the exit loop behaves.
+#[derive(Default)]
+struct LoopOptions {
+    timeout: Option<Duration>,
+    stop_at_ready: bool,
     on_resume: Option<ResumeHook>,
+}
+
+impl LoopOptions {
+    fn from_config(config: &RunConfig) -> Self {
+        LoopOptions {
+            timeout: config.timeout,
+            stop_at_ready: config.stop_at_ready,
+            on_resume: None,
+        }
+    }
 }
 
 impl PreparedRun {
@@ -136,16 +164,35 @@ impl PreparedRun {
         Ok(PreparedRun {
             machine,
             hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
-            timeout: config.timeout,
+            options: LoopOptions::from_config(config),
             seccomp: config.seccomp,
-            on_resume: None,
+        })
+    }
+
+    /// Restores `snapshot` (taken at the guest's ready point) into a fresh
+    /// VM and prepares it to continue there with `io`: new stdin in the
+    /// stdin buffer, an empty output buffer, and `READY` answering 1.
+    /// `config.mem_size`, `args` and `env` are ignored: they are the
+    /// snapshot's.
+    pub fn from_snapshot(
+        snapshot: &Snapshot,
+        config: &RunConfig,
+        mut io: GuestIo,
+    ) -> Result<Self, RunError> {
+        let machine = snapshot.restore()?;
+        let layout = GuestLayout::resume(machine.memory(), machine.mem_size(), &mut *io.stdin)?;
+        Ok(PreparedRun {
+            machine,
+            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
+            options: LoopOptions::from_config(config),
+            seccomp: config.seccomp,
         })
     }
 
     /// Installs a hook called whenever a hypercall has been served and the
     /// guest resumes.
     pub fn on_resume(&mut self, hook: ResumeHook) {
-        self.on_resume = Some(hook);
+        self.options.on_resume = Some(hook);
     }
 
     /// Runs the guest on the calling thread until it ends. `interrupter`
@@ -161,18 +208,28 @@ impl PreparedRun {
             &mut self.machine,
             &mut self.hypercalls,
             interrupter,
-            self.timeout,
-            self.on_resume.as_mut(),
+            &mut self.options,
         );
         let guest_time = start.elapsed();
         interrupter.detach();
-        let outcome = result.map(|(exit, exits)| RunOutcome {
-            exit,
-            stats: RunStats {
-                exits,
-                hypercalls: self.hypercalls.count,
-            },
-            guest_time,
+        let outcome = result.and_then(|(exit, exits)| {
+            let snapshot = if exit == GuestExit::Ready {
+                // The doorbell write is complete only once KVM_RUN is
+                // re-entered; do that (returning at once) before capturing.
+                self.machine.complete_pending_io()?;
+                Some(Box::new(Snapshot::capture(&self.machine)?))
+            } else {
+                None
+            };
+            Ok(RunOutcome {
+                exit,
+                stats: RunStats {
+                    exits,
+                    hypercalls: self.hypercalls.count,
+                },
+                guest_time,
+                snapshot,
+            })
         });
         (outcome, self.machine)
     }
@@ -184,7 +241,7 @@ impl PreparedRun {
         install_handler()?;
         reaper::start();
         let (tx, rx) = mpsc::sync_channel(1);
-        let timeout = self.timeout;
+        let timeout = self.options.timeout;
         let thread_interrupter = interrupter.clone();
         dispatch(self.seccomp, move || {
             let (result, machine) = self.run_here(&thread_interrupter);
@@ -265,6 +322,7 @@ pub fn run_program(
     let entry = program.entry();
     let host_functions = config.host_functions.clone();
     let timeout = config.timeout;
+    let options = LoopOptions::from_config(config);
     dispatch(config.seccomp, move || {
         let vcpu = create_vcpu(&vm);
         let Ok(Handover::Ready { mem, layout, io }) = handover_rx.recv() else {
@@ -285,9 +343,8 @@ pub fn run_program(
         let run = PreparedRun {
             machine,
             hypercalls: Hypercalls::new(layout, io, host_functions),
-            timeout,
+            options,
             seccomp: true,
-            on_resume: None,
         };
         let (result, machine) = run.run_here(&thread_interrupter);
         let _ = result_tx.send(result);
@@ -334,8 +391,7 @@ fn run_loop(
     machine: &mut Machine,
     hypercalls: &mut Hypercalls,
     interrupter: &Interrupter,
-    timeout: Option<Duration>,
-    mut on_resume: Option<&mut ResumeHook>,
+    options: &mut LoopOptions,
 ) -> Result<(GuestExit, u64), RunError> {
     let mut exits = 0u64;
     loop {
@@ -368,9 +424,13 @@ fn run_loop(
             Step::Continue => {}
             Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number)? {
                 Next::Resume => {
-                    if let Some(hook) = on_resume.as_mut() {
+                    if let Some(hook) = options.on_resume.as_mut() {
                         hook();
                     }
+                }
+                Next::Ready if options.stop_at_ready => return Ok((GuestExit::Ready, exits)),
+                Next::Ready => {
+                    hypercalls.ret(machine.memory(), 0)?;
                 }
                 Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
                 Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
@@ -394,7 +454,7 @@ fn run_loop(
                 StopReason::Timeout => {
                     let _ = hypercalls.drain_output(machine.memory());
                     let regs = regs_or_default(machine);
-                    let limit = timeout.unwrap_or_default();
+                    let limit = options.timeout.unwrap_or_default();
                     return Ok((GuestExit::TimedOut { limit, regs }, exits));
                 }
                 StopReason::Kill => return Ok((GuestExit::Killed, exits)),

@@ -88,6 +88,12 @@ pub mod nr {
     pub const HOST_CALL: u32 = 6;
     /// Does nothing but return 0: the cheapest possible round trip.
     pub const NOP: u32 = 7;
+    /// The guest finished its initialisation: the monitor may take a
+    /// snapshot here (`xos-vmm snapshot`). `ret` = 0 in the run that made
+    /// the call; 1 in every run restored from a snapshot taken at it, which
+    /// starts with fresh stdin and an empty output buffer. Call it before
+    /// reading stdin.
+    pub const READY: u32 = 8;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.

@@ -53,6 +53,11 @@ void xos_flush(void)
         __xos_hc(XOS_HC_FLUSH);
 }
 
+int xos_ready(void)
+{
+    return (int)__xos_hc(XOS_HC_READY);
+}
+
 /* Appends n bytes for fd, flushing whenever the buffer fills up. */
 static void out_buffered(int fd, const char *p, size_t n)
 {

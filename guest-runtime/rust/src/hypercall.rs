@@ -76,6 +76,15 @@ pub fn nop() {
     unsafe { hypercall(nr::NOP, &[]) };
 }
 
+/// Marks the end of initialisation: `xos-vmm snapshot` takes its snapshot
+/// here, and every run restored from it continues from here with new stdin.
+/// Returns `false` in the run that called it, `true` in a restored run.
+/// Call it before reading stdin.
+pub fn ready() -> bool {
+    // SAFETY: READY takes no pointer.
+    unsafe { hypercall(nr::READY, &[]) == 1 }
+}
+
 /// Why a [`host_call`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostCallError {

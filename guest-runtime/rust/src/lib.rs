@@ -46,7 +46,7 @@ mod panic;
 mod start;
 
 pub use args::{args, args_bytes, Args, ArgsBytes};
-pub use hypercall::{abort, exit, host_call, HostCallError};
+pub use hypercall::{abort, exit, host_call, ready, HostCallError};
 pub use start::Main;
 
 /// Implementation details used by the macros of this crate; not a stable API.
