@@ -27,7 +27,7 @@ pub mod units;
 pub use icf;
 pub use vmm;
 
-use icf::{IcSpec, IsolationContextFactory, Registry, RegistryError};
+use icf::{IcSpec, IsolationContext, IsolationContextFactory, Registry, RegistryError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,14 @@ pub enum Error {
     /// Creating or running the IC failed on the host side.
     #[error(transparent)]
     Icf(#[from] icf::IcfError),
+    /// A snapshot file is not usable.
+    #[error("{}: {source}", path.display())]
+    BadSnapshot {
+        /// The file (or `<memory>`).
+        path: PathBuf,
+        /// What is wrong.
+        source: vmm::snapshot::SnapshotError,
+    },
 }
 
 fn describe_io(e: &std::io::Error) -> String {
@@ -107,11 +115,24 @@ pub struct CallResult {
 
 /// A guest function, validated once and called any number of times; each
 /// call runs in a fresh isolation context of the chosen kind (by default a
-/// virtine).
+/// virtine), started either from the image or from a snapshot taken at the
+/// guest's ready point ([`Function::snapshot_at_ready`]), which pays the
+/// guest's initialisation once instead of on every call.
 #[derive(Clone)]
 pub struct Function {
     factory: Arc<dyn IsolationContextFactory>,
-    spec: IcSpec,
+    source: Source,
+    timeout: Option<Duration>,
+    host_functions: vmm::HostFunctions,
+}
+
+/// Where a function's calls start.
+#[derive(Clone)]
+enum Source {
+    /// The image, with its arguments, environment and memory size.
+    Image(IcSpec),
+    /// A snapshot at the guest's ready point.
+    Snapshot(Arc<vmm::snapshot::Snapshot>),
 }
 
 impl Function {
@@ -131,16 +152,85 @@ impl Function {
 
     /// A function from an already validated program.
     pub fn from_program(program: Program) -> Result<Self, Error> {
+        Self::with_source(Source::Image(IcSpec::new(program)))
+    }
+
+    fn with_source(source: Source) -> Result<Self, Error> {
         Ok(Function {
             factory: Registry::builtin().resolve(icf::virtine::NAME)?,
-            spec: IcSpec::new(program),
+            source,
+            timeout: None,
+            host_functions: vmm::HostFunctions::new(),
         })
     }
 
-    /// Uses the factory named `icf` from `registry` instead of virtines.
+    /// A function from a snapshot file's contents (`xos-vmm snapshot`,
+    /// [`Function::snapshot_bytes`]); calls continue at the guest's ready
+    /// point in a fresh virtine. Arguments, environment and memory size are
+    /// the snapshot's: [`Function::args`], [`Function::env`] and
+    /// [`Function::mem`] do not change them.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, Error> {
+        Self::snapshot_from(bytes, Path::new("<memory>"))
+    }
+
+    /// A function from a snapshot file.
+    pub fn from_snapshot_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::ReadImage {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::snapshot_from(&bytes, path)
+    }
+
+    fn snapshot_from(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let snapshot =
+            vmm::snapshot::Snapshot::decode(bytes).map_err(|source| Error::BadSnapshot {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::with_source(Source::Snapshot(Arc::new(snapshot)))
+    }
+
+    /// Runs the function once up to its ready point (`xos_ready()` /
+    /// `xos_guest::ready()`) and returns a function whose calls start
+    /// there, with the same time limit and host functions. Fails if the
+    /// guest ends before it gets there.
+    pub fn snapshot_at_ready(&self) -> Result<Self, Error> {
+        let Source::Image(spec) = &self.source else {
+            return Ok(self.clone());
+        };
+        let mut spec = spec.clone();
+        spec.timeout = self.timeout;
+        spec.host_functions = self.host_functions.clone();
+        let state = icf::virtine::VirtineFactory.create(spec)?.dump()?;
+        let mut f = Self::from_snapshot(&state)?;
+        f.timeout = self.timeout;
+        f.host_functions = self.host_functions.clone();
+        Ok(f)
+    }
+
+    /// The snapshot calls start from, in the file format, if this function
+    /// starts from one.
+    pub fn snapshot_bytes(&self) -> Option<Vec<u8>> {
+        match &self.source {
+            Source::Snapshot(s) => Some(s.encode()),
+            Source::Image(_) => None,
+        }
+    }
+
+    /// Uses the factory named `icf` from `registry` instead of virtines
+    /// (for functions that start from an image).
     pub fn on(mut self, registry: &Registry, icf: &str) -> Result<Self, Error> {
         self.factory = registry.resolve(icf)?;
         Ok(self)
+    }
+
+    fn spec_mut(&mut self) -> Option<&mut IcSpec> {
+        match &mut self.source {
+            Source::Image(spec) => Some(spec),
+            Source::Snapshot(_) => None,
+        }
     }
 
     /// Sets argv (argv[0] included).
@@ -149,7 +239,9 @@ impl Function {
         I: IntoIterator<Item = S>,
         S: Into<Vec<u8>>,
     {
-        self.spec.args = args.into_iter().map(Into::into).collect();
+        if let Some(spec) = self.spec_mut() {
+            spec.args = args.into_iter().map(Into::into).collect();
+        }
         self
     }
 
@@ -159,19 +251,23 @@ impl Function {
         I: IntoIterator<Item = S>,
         S: Into<Vec<u8>>,
     {
-        self.spec.env = env.into_iter().map(Into::into).collect();
+        if let Some(spec) = self.spec_mut() {
+            spec.env = env.into_iter().map(Into::into).collect();
+        }
         self
     }
 
     /// Sets the memory limit in bytes (rounded up to 2 MiB; 4 MiB..16 GiB).
     pub fn mem(mut self, bytes: u64) -> Self {
-        self.spec.mem_size = bytes;
+        if let Some(spec) = self.spec_mut() {
+            spec.mem_size = bytes;
+        }
         self
     }
 
     /// Stops a call that runs longer than `limit`.
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.spec.timeout = Some(limit);
+        self.timeout = Some(limit);
         self
     }
 
@@ -181,13 +277,21 @@ impl Function {
     where
         F: Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
     {
-        self.spec.host_functions.register(name, f);
+        self.host_functions.register(name, f);
         self
     }
 
     /// Calls the function with `input` as its stdin, in a fresh IC.
     pub fn call(&self, input: &[u8]) -> Result<CallResult, Error> {
-        let mut ic = self.factory.create(self.spec.clone())?;
+        let mut ic: Box<dyn IsolationContext> = match &self.source {
+            Source::Snapshot(snapshot) => Box::new(icf::virtine::Virtine::from_snapshot(
+                snapshot.clone(),
+                vmm::RunConfig::default(),
+            )),
+            Source::Image(spec) => self.factory.create(spec.clone())?,
+        };
+        ic.set_timeout(self.timeout);
+        ic.set_host_functions(self.host_functions.clone());
         let (io, stdout, stderr) = GuestIo::capture(input.to_vec());
         let outcome = ic.run(io)?;
         Ok(CallResult {

@@ -121,3 +121,40 @@ fn bad_images_are_refused_with_the_reason() {
         .expect("refused");
     assert_eq!(err.to_string(), "/nonexistent/fn.elf: no such file");
 }
+
+#[test]
+fn functions_snapshotted_at_their_ready_point_skip_initialisation() {
+    if !kvm_available() {
+        return;
+    }
+    let image = xos_images::find("ready-c").expect("ready-c");
+    let f = Function::from_elf(image.bytes)
+        .expect("image")
+        .timeout(Duration::from_secs(5));
+    let ready = f.snapshot_at_ready().expect("snapshot at ready");
+    for input in ["a", "bc"] {
+        let r = ready.call(input.as_bytes()).expect("call");
+        assert_eq!(r.exit, GuestExit::Exited(0));
+        assert_eq!(
+            String::from_utf8(r.stdout).unwrap(),
+            format!(
+                "inits=1 restored=1 table=68933650521 input={}\n",
+                input.to_uppercase()
+            )
+        );
+    }
+    // The snapshot travels as bytes and loads again.
+    let bytes = ready.snapshot_bytes().expect("snapshot-based");
+    let again = Function::from_snapshot(&bytes).expect("decode");
+    let r = again.call(b"z").expect("call");
+    assert!(String::from_utf8(r.stdout).unwrap().ends_with("input=Z\n"));
+    // A function without a ready point cannot be snapshotted there.
+    let hello = Function::from_elf(xos_images::find("hello-c").expect("hello").bytes).unwrap();
+    let err = hello.snapshot_at_ready().err().expect("no ready point");
+    assert!(
+        err.to_string().contains("before it called xos_ready()"),
+        "{err}"
+    );
+    let err = Function::from_snapshot(b"junk").err().expect("junk");
+    assert!(err.to_string().starts_with("<memory>: "), "{err}");
+}
