@@ -124,7 +124,12 @@ pub struct Function {
     source: Source,
     timeout: Option<Duration>,
     host_functions: vmm::HostFunctions,
+    output_limit: u64,
 }
+
+/// Output a call may produce by default (stdout and stderr together); see
+/// [`Function::output_limit`].
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
 
 /// Where a function's calls start.
 #[derive(Clone)]
@@ -161,6 +166,7 @@ impl Function {
             source,
             timeout: None,
             host_functions: vmm::HostFunctions::new(),
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         })
     }
 
@@ -265,6 +271,15 @@ impl Function {
         self
     }
 
+    /// Ends a call whose guest writes more than `bytes` of output (stdout
+    /// and stderr together; default [`DEFAULT_OUTPUT_LIMIT`]) with a fault:
+    /// output is collected in memory, so a guest must not be able to
+    /// exhaust the embedder's.
+    pub fn output_limit(mut self, bytes: u64) -> Self {
+        self.output_limit = bytes;
+        self
+    }
+
     /// Stops a call that runs longer than `limit`.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
@@ -286,9 +301,16 @@ impl Function {
         let mut ic: Box<dyn IsolationContext> = match &self.source {
             Source::Snapshot(snapshot) => Box::new(icf::virtine::Virtine::from_snapshot(
                 snapshot.clone(),
-                vmm::RunConfig::default(),
+                vmm::RunConfig {
+                    output_limit: Some(self.output_limit),
+                    ..vmm::RunConfig::default()
+                },
             )),
-            Source::Image(spec) => self.factory.create(spec.clone())?,
+            Source::Image(spec) => {
+                let mut spec = spec.clone();
+                spec.output_limit = Some(self.output_limit);
+                self.factory.create(spec)?
+            }
         };
         ic.set_timeout(self.timeout);
         ic.set_host_functions(self.host_functions.clone());

@@ -231,6 +231,11 @@ fn spec_for(
 fn ic_failure(what: &str, e: IcfError) -> Failure {
     use xos_vmm::vmm::RunError;
     match e {
+        // Host-side I/O and memory failures are not the user's input.
+        IcfError::Run(RunError::Layout(
+            e @ (xos_vmm::vmm::layout::LayoutError::Stdin(_)
+            | xos_vmm::vmm::layout::LayoutError::Write { .. }),
+        )) => Failure::from(anyhow::anyhow!(e)),
         IcfError::Run(RunError::Layout(e)) => usage(anyhow::anyhow!("{what}: {e}")),
         IcfError::Snapshot(e) | IcfError::Run(RunError::Snapshot(e)) => {
             usage(anyhow::anyhow!("{what}: {e}"))

@@ -38,9 +38,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+        return Duration::try_from_secs_f64(secs).map_err(|_| UnitError::Duration(text.to_owned()));
     }
     humantime::parse_duration(t).map_err(|_| UnitError::Duration(text.to_owned()))
 }
@@ -68,5 +66,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1e20").is_err());
+        assert!(parse_duration("NaN").is_err());
     }
 }

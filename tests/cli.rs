@@ -451,3 +451,57 @@ fn usage_errors_exit_with_2() {
     let out = xos(&["frobnicate"], b"");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_timeout_stops_a_guest_waiting_for_stdin_or_a_full_stdout() {
+    if !kvm_available() {
+        return;
+    }
+    // stdin that never delivers: the monitor blocks reading it for the guest.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
+        .args(["run", "--timeout", "300ms", &image("wc-rs")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Keep the write end open (wait() would close it: end of input).
+    let held_stdin = child.stdin.take();
+    let start = std::time::Instant::now();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(124));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(held_stdin);
+    // stdout nobody reads: the monitor blocks writing the guest's output.
+    let big = std::env::temp_dir().join(format!("xos-8m-{}", std::process::id()));
+    std::fs::write(&big, vec![b'x'; 8 << 20]).expect("input file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
+        .args(["run", "--timeout", "300ms", &image("echo-c")])
+        .stdin(std::fs::File::open(&big).expect("open"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let unread_stdout = child.stdout.take();
+    let start = std::time::Instant::now();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(124));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(unread_stdout);
+    let _ = std::fs::remove_file(&big);
+}
+
+#[test]
+fn an_absurd_timeout_is_a_usage_error_not_a_crash() {
+    let out = xos(&["run", "--timeout", "1e20", "@hello-c"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a duration"));
+}

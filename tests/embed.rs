@@ -158,3 +158,49 @@ fn functions_snapshotted_at_their_ready_point_skip_initialisation() {
     let err = Function::from_snapshot(b"junk").err().expect("junk");
     assert!(err.to_string().starts_with("<memory>: "), "{err}");
 }
+
+#[test]
+fn output_beyond_the_limit_ends_the_call_with_a_clear_fault() {
+    if !kvm_available() {
+        return;
+    }
+    // bigout prints 300,001 bytes.
+    let r = faults()
+        .args(["faults", "bigout"])
+        .output_limit(100_000)
+        .call(b"")
+        .expect("call");
+    match &r.exit {
+        GuestExit::Faulted {
+            fault: xos_vmm::vmm::Fault::OutputLimit { limit },
+            ..
+        } => assert_eq!(*limit, 100_000),
+        other => panic!("expected the output limit, got {other}"),
+    }
+    assert!(r.exit.to_string().contains("100000-byte output limit"));
+    assert!(
+        r.stdout.len() <= 100_000,
+        "{} bytes delivered",
+        r.stdout.len()
+    );
+    // Within the default limit the same call succeeds.
+    let r = faults().args(["faults", "bigout"]).call(b"").expect("call");
+    assert_eq!(r.exit, GuestExit::Exited(0));
+    assert_eq!(r.stdout.len(), 300_001);
+}
+
+#[test]
+fn a_panicking_host_function_fails_the_call_not_the_embedder() {
+    if !kvm_available() {
+        return;
+    }
+    let f = faults().host_fn("boom", |input| Ok(vec![input[usize::MAX / 2]]));
+    let r = f
+        .clone()
+        .args(["faults", "hostcall", "boom", ""])
+        .call(b"")
+        .expect("call");
+    assert_eq!(String::from_utf8(r.stdout).unwrap(), "ret=-1000 out=\n");
+    // The executor that ran it is still usable.
+    assert_eq!(hostcall(&f, "nosuch", "x"), "ret=-2 out=\n");
+}

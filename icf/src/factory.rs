@@ -36,6 +36,8 @@ pub struct IcSpec {
     pub timeout: Option<Duration>,
     /// Host functions the IC may call.
     pub host_functions: HostFunctions,
+    /// Most output bytes a run may produce (`None`: no limit).
+    pub output_limit: Option<u64>,
 }
 
 impl IcSpec {
@@ -49,6 +51,7 @@ impl IcSpec {
             env: Vec::new(),
             timeout: None,
             host_functions: HostFunctions::new(),
+            output_limit: None,
         }
     }
 }

@@ -47,6 +47,7 @@ impl IsolationContextFactory for VirtineFactory {
                 env: spec.env,
                 timeout: spec.timeout,
                 host_functions: spec.host_functions,
+                output_limit: spec.output_limit,
                 ..RunConfig::default()
             },
             start: Start::Image(spec.program),

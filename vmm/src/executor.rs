@@ -4,9 +4,11 @@
 //! project's machines (the filter alone ~125 µs), more than a third of a
 //! whole cold virtine start. So guests run on executor threads that install
 //! the vCPU filter once, when they start, and then serve one run after
-//! another. A run's VM is torn down by its executor after the result has
-//! been handed back, off the caller's path. Idle executors beyond a few
-//! exit, so a burst of concurrent runs does not leave threads behind.
+//! another. A run's VM goes to the reaper ([`crate::reaper`]) after the
+//! result has been handed back, off the caller's path. Idle executors
+//! beyond a few exit, so a burst of concurrent runs does not leave threads
+//! behind (slowly: idle executors wait for work one at a time, holding the
+//! queue's lock, so extras leave one per linger period).
 
 use crate::seccomp::{apply_vcpu_filter, SeccompError};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -93,6 +95,7 @@ fn start_executor(pool: Arc<Pool>) -> Result<(), ExecutorError> {
     std::thread::Builder::new()
         .name("xos-vcpu".into())
         .spawn(move || {
+            crate::interrupt::unblock_kick_signal();
             if let Err(e) = apply_vcpu_filter() {
                 let _ = ready_tx.send(Err(e));
                 return;
@@ -117,7 +120,11 @@ fn executor_loop(pool: &Pool) {
             jobs.recv_timeout(IDLE_LINGER)
         };
         match job {
-            Ok(job) => job(),
+            // A job that panics (a bug, or an embedder's code) loses its
+            // own result, which its caller reports; the executor lives on.
+            Ok(job) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let mut s = lock(&pool.state);
                 if s.idle > KEEP_IDLE {

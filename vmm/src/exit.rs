@@ -121,7 +121,8 @@ pub enum Fault {
         /// Hardware reason code.
         reason: u64,
     },
-    /// The guest used an I/O port other than the hypercall port.
+    /// The guest used an I/O port (guests have none; only the monitor's
+    /// exception stubs report on the fault port).
     BadPort {
         /// The port.
         port: u16,
@@ -130,6 +131,11 @@ pub enum Fault {
     },
     /// The guest's output buffer did not parse.
     CorruptOutput(String),
+    /// The guest wrote more output than the run allows.
+    OutputLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Any other exit the monitor does not expect from a guest.
     UnexpectedExit(String),
 }
@@ -270,6 +276,11 @@ impl fmt::Display for GuestExit {
                         if *write { "write to" } else { "read from" },
                         regs.rip,
                         xos_abi::DOORBELL
+                    )?,
+                    Fault::OutputLimit { limit } => write!(
+                        f,
+                        "guest fault: the guest wrote more than the {limit}-byte output limit of this run (rip={:#x})",
+                        regs.rip
                     )?,
                     Fault::CorruptOutput(m) => {
                         write!(f, "guest fault: corrupt output buffer: {m} (rip={:#x})", regs.rip)?

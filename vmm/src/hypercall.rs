@@ -68,6 +68,9 @@ pub struct Hypercalls {
     io: GuestIo,
     host_fns: HostFunctions,
     scratch: Vec<u8>,
+    /// Output bytes delivered so far, and the most allowed.
+    output_total: u64,
+    output_limit: Option<u64>,
     /// Hypercalls served.
     pub count: u64,
 }
@@ -85,7 +88,29 @@ impl Hypercalls {
             io,
             host_fns,
             scratch: Vec::new(),
+            output_total: 0,
+            output_limit: None,
             count: 0,
+        }
+    }
+
+    /// Ends the run with [`Fault::OutputLimit`] once the guest has written
+    /// more than `limit` bytes to stdout and stderr together.
+    pub fn with_output_limit(mut self, limit: Option<u64>) -> Self {
+        self.output_limit = limit;
+        self
+    }
+
+    /// Counts `n` more output bytes; `Err` with the fault when that passes
+    /// the limit (nothing of the offending write is delivered).
+    fn charge_output(&mut self, n: u64) -> Result<(), Fault> {
+        let total = self.output_total.saturating_add(n);
+        match self.output_limit {
+            Some(limit) if total > limit => Err(Fault::OutputLimit { limit }),
+            _ => {
+                self.output_total = total;
+                Ok(())
+            }
         }
     }
 
@@ -116,10 +141,10 @@ impl Hypercalls {
                 let r = self.read_stdin(mem)?;
                 self.ret(mem, r)
             }
-            nr::WRITE => {
-                let r = self.write(mem, a[0], a[1], a[2])?;
-                self.ret(mem, r)
-            }
+            nr::WRITE => match self.write(mem, a[0], a[1], a[2])? {
+                Ok(r) => self.ret(mem, r),
+                Err(fault) => Ok(Next::Fault(fault)),
+            },
             nr::HOST_CALL => {
                 let r = self.host_call(mem, a)?;
                 self.ret(mem, r)
@@ -188,14 +213,21 @@ impl Hypercalls {
                     used - start
                 ))));
             }
-            let (sink, stream): (&mut dyn Write, _) = match rec.fd {
-                1 => (&mut *self.io.stdout, "stdout"),
-                2 => (&mut *self.io.stderr, "stderr"),
+            let stream = match rec.fd {
+                1 => "stdout",
+                2 => "stderr",
                 fd => {
                     return Ok(Err(Fault::CorruptOutput(format!(
                         "the record at offset {off} is for fd {fd}; only 1 and 2 exist"
                     ))))
                 }
+            };
+            if let Err(fault) = self.charge_output(rec.len as u64) {
+                return Ok(Err(fault));
+            }
+            let sink: &mut dyn Write = match rec.fd {
+                1 => &mut *self.io.stdout,
+                _ => &mut *self.io.stderr,
             };
             sink.write_all(&self.scratch[start..end])
                 .map_err(|source| HypercallError::Output { stream, source })?;
@@ -250,14 +282,17 @@ impl Hypercalls {
         fd: u64,
         addr: u64,
         len: u64,
-    ) -> Result<i64, HypercallError> {
+    ) -> Result<Result<i64, Fault>, HypercallError> {
         if fd != 1 && fd != 2 {
-            return Ok(err::EINVAL);
+            return Ok(Ok(err::EINVAL));
         }
         if !self.readable(addr, len) {
-            return Ok(err::EFAULT);
+            return Ok(Ok(err::EFAULT));
         }
         let len = len.min(MAX_TRANSFER);
+        if let Err(fault) = self.charge_output(len) {
+            return Ok(Err(fault));
+        }
         let (sink, stream): (&mut dyn Write, _) = if fd == 1 {
             (&mut *self.io.stdout, "stdout")
         } else {
@@ -274,7 +309,7 @@ impl Hypercalls {
                 .map_err(|source| HypercallError::Output { stream, source })?;
             done += n as u64;
         }
-        Ok(len as i64)
+        Ok(Ok(len as i64))
     }
 
     fn host_call(&mut self, mem: &GuestMemoryMmap, a: [u64; 6]) -> Result<i64, HypercallError> {
@@ -300,10 +335,16 @@ impl Hypercalls {
         let mut input = vec![0u8; in_len as usize];
         mem.read_slice(&mut input, GuestAddress(in_ptr))
             .map_err(mem_err(in_ptr))?;
-        let output = match f(&input) {
-            Ok(out) => out,
-            Err(message) => {
+        // The embedder's function must not take the vCPU thread down with
+        // it: a panic is reported to the guest as a failure.
+        let output = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&input))) {
+            Ok(Ok(out)) => out,
+            Ok(Err(message)) => {
                 tracing::debug!(function = %name, %message, "host function failed");
+                return Ok(err::EHOSTFN);
+            }
+            Err(_) => {
+                tracing::warn!(function = %name, "host function panicked");
                 return Ok(err::EHOSTFN);
             }
         };

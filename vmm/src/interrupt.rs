@@ -7,6 +7,7 @@
 //! guest returns with EINTR). The flag closes the race where the signal
 //! lands between the monitor's check and the ioctl.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -35,9 +36,24 @@ pub fn kick_signal() -> i32 {
     SIGRTMIN() + 2
 }
 
+thread_local! {
+    /// Set by the kick handler on the vCPU thread it interrupts. Constant
+    /// initialisation, no destructor: safe to touch from a signal handler.
+    static KICKED: Cell<bool> = const { Cell::new(false) };
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: the signal's only purpose is to make KVM_RUN return
-    // with EINTR.
+    // KVM_RUN returns with EINTR by itself; the flag tells host I/O that
+    // the monitor was blocked in (reading stdin, writing to a full pipe)
+    // that the run is being stopped.
+    KICKED.with(|k| k.set(true));
+}
+
+/// True when the current run on this vCPU thread is being stopped (a
+/// timeout or a kill reached it). Host I/O done on behalf of the guest
+/// checks it whenever a blocking call is interrupted.
+pub fn stop_requested() -> bool {
+    KICKED.with(Cell::get)
 }
 
 /// Installs the kick handler once per process.
@@ -56,8 +72,9 @@ struct Target {
 }
 
 // SAFETY: the pointer is only dereferenced while the mutex is held and the
-// vCPU it points into is alive (the vCPU thread clears the target under the
-// same mutex before it drops the vCPU); pthread_t is a plain thread id.
+// vCPU it points into is alive: the vCPU thread clears the target under the
+// same mutex before it drops the vCPU (the `Attached` guard, dropped before
+// the machine even when the thread unwinds); pthread_t is a plain thread id.
 unsafe impl Send for Target {}
 
 struct Inner {
@@ -98,7 +115,8 @@ impl Interrupter {
     }
 
     /// Stops the guest because of `reason`. Works before the run starts
-    /// (the run then ends at once), during it, and after it (no effect).
+    /// (the run then ends at once), during it, and after it (no effect on
+    /// that run). The reason sticks: use one interrupter per run.
     pub fn stop(&self, reason: StopReason) {
         let _ = self.inner.reason.compare_exchange(
             StopReason::None as u8,
@@ -131,8 +149,11 @@ impl Interrupter {
         }
     }
 
-    /// Called on the vCPU thread before entering the guest.
-    pub(crate) fn attach(&self, immediate_exit: *mut u8) {
+    /// Called on the vCPU thread before entering the guest; the returned
+    /// guard detaches when dropped, also when the thread unwinds, so the
+    /// handle never points into a vCPU that is gone.
+    pub(crate) fn attach(&self, immediate_exit: *mut u8) -> Attached<'_> {
+        KICKED.with(|k| k.set(false));
         let mut target = self.target();
         // SAFETY: pthread_self has no preconditions.
         let thread = unsafe { libc::pthread_self() };
@@ -144,10 +165,35 @@ impl Interrupter {
             // SAFETY: the pointer comes from the live vCPU of this thread.
             unsafe { std::ptr::write_volatile(immediate_exit, 1) };
         }
+        Attached { interrupter: self }
     }
 
-    /// Called on the vCPU thread before the vCPU is dropped.
-    pub(crate) fn detach(&self) {
+    fn detach(&self) {
         *self.target() = None;
+    }
+}
+
+/// Keeps an [`Interrupter`] attached to the running vCPU; detaches on drop.
+pub(crate) struct Attached<'a> {
+    interrupter: &'a Interrupter,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.interrupter.detach();
+    }
+}
+
+/// Unblocks the kick signal on the calling thread: threads inherit their
+/// creator's signal mask, and an embedder that blocks signals would
+/// otherwise make timeouts and kills of guests impossible.
+pub fn unblock_kick_signal() {
+    // SAFETY: the set is initialised by sigemptyset before use; the calls
+    // only change this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -63,26 +63,59 @@ fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
     rc == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
 }
 
-fn readable_now(fd: BorrowedFd<'_>) -> bool {
+/// Waits until `fd` is ready for `events` or `timeout_ms` passes; true
+/// when ready (or in error, which the following call reports).
+fn poll_fd(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, timeout 0 (never blocks).
-    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    rc > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    rc > 0
+}
+
+fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    poll_fd(fd, libc::POLLIN, 0)
+}
+
+/// The error host I/O returns when the run it serves is being stopped.
+fn stopped() -> io::Error {
+    io::Error::other("the guest is being stopped")
+}
+
+/// How long blocking host I/O waits before it checks again whether the
+/// run is being stopped (the kick signal usually ends the wait at once;
+/// this bounds the case where it arrived just before the wait began).
+const STOP_CHECK_MS: i32 = 100;
+
+/// Blocks until `fd` is ready for `events`, giving up with an error if the
+/// run is stopped meanwhile.
+fn wait_ready(fd: BorrowedFd<'_>, events: i16) -> io::Result<()> {
+    loop {
+        if crate::interrupt::stop_requested() {
+            return Err(stopped());
+        }
+        if poll_fd(fd, events, STOP_CHECK_MS) {
+            return Ok(());
+        }
+    }
 }
 
 fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
+        wait_ready(fd, libc::POLLIN)?;
         // SAFETY: buf is a valid writable buffer of buf.len() bytes.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+        ) {
             return Err(e);
         }
     }
@@ -122,12 +155,23 @@ pub struct HostFd(pub i32);
 
 impl Write for HostFd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for buf.len() bytes; the fd is the caller's.
-        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+        // SAFETY: the fd is the caller's (1 or 2), open for the process's
+        // life; the borrow does not outlive this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.0) };
+        loop {
+            wait_ready(fd, libc::POLLOUT)?;
+            // SAFETY: buf is valid for buf.len() bytes.
+            let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) {
+                return Err(e);
+            }
         }
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -293,15 +293,18 @@ impl Program {
             let paddr = u64_at(ph, 24);
             let filesz = u64_at(ph, 32);
             let memsz = u64_at(ph, 40);
-            if memsz == 0 {
-                continue;
-            }
+            // Checked before anything else: a segment with file bytes but
+            // no memory size would otherwise escape the checks below, and
+            // linux-loader copies every segment with file bytes.
             if filesz > memsz {
                 return Err(ImageError::FileszExceedsMemsz {
                     index,
                     filesz,
                     memsz,
                 });
+            }
+            if memsz == 0 {
+                continue;
             }
             let file_end = offset.checked_add(filesz);
             if file_end.is_none_or(|end| end > b.len() as u64) {
@@ -407,9 +410,13 @@ impl Program {
     /// mapping), so `.bss` needs no writes.
     pub fn load(&self, mem: &GuestMemoryMmap, fresh: bool) -> Result<(), ImageError> {
         let mut cursor = Cursor::new(&self.bytes[..]);
+        // An explicit offset of 0 loads at p_paddr like `None` would, and
+        // makes linux-loader skip parsing PT_NOTE for Xen PVH entry points,
+        // which xos images do not use (a malformed note would otherwise
+        // fail every load of an image that passed validation).
         let result = Elf::load(
             mem,
-            None,
+            Some(GuestAddress(0)),
             &mut cursor,
             Some(GuestAddress(layout::IMAGE_BASE)),
         )

@@ -5,56 +5,68 @@
 //! by the executor right after a run, it competes for the CPUs with the
 //! next start. So finished machines go to a reaper thread scheduled with
 //! `SCHED_IDLE`: the kernel runs it only on a CPU that would otherwise be
-//! idle. The backlog is bounded: when the reaper falls behind, executors
-//! tear down themselves, so memory held by dead VMs stays bounded.
+//! idle. The backlog is bounded, by count and by the guest memory the dead
+//! VMs hold: when the reaper falls behind, executors tear down themselves.
 
 use crate::machine::Machine;
 use crate::seccomp::apply_vcpu_filter;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Mutex, OnceLock};
 
 /// Dead machines waiting for the reaper at most.
 const MAX_BACKLOG: usize = 32;
+/// Guest memory held by dead machines waiting for the reaper at most
+/// (their pages stay allocated until they are torn down).
+const MAX_BACKLOG_BYTES: u64 = 1 << 30;
 
 static BACKLOG: AtomicUsize = AtomicUsize::new(0);
+static BACKLOG_BYTES: AtomicU64 = AtomicU64::new(0);
 
-static REAPER: OnceLock<Option<Mutex<SyncSender<Machine>>>> = OnceLock::new();
+static REAPER: OnceLock<Mutex<SyncSender<Machine>>> = OnceLock::new();
 
 /// Starts the reaper thread if it is not running. Call it from a thread
 /// without the vCPU seccomp filter (the filter refuses thread creation);
 /// the runner does, before it hands work to an executor.
 pub fn start() {
-    REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel::<Machine>(MAX_BACKLOG);
-        let spawned = std::thread::Builder::new()
-            .name("xos-reaper".into())
-            .spawn(move || {
-                lower_priority();
-                if let Err(e) = apply_vcpu_filter() {
-                    // Without its filter the reaper would be the least
-                    // confined thread touching VM state: stop, and let
-                    // executors tear down themselves.
-                    tracing::warn!(error = %e, "VM reaper disabled");
-                    return;
-                }
-                for machine in rx {
-                    drop(machine);
-                    BACKLOG.fetch_sub(1, Ordering::SeqCst);
-                }
-            });
-        match spawned {
-            Ok(_) => Some(Mutex::new(tx)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the VM reaper; VMs are torn down inline");
-                None
+    if REAPER.get().is_some() {
+        return;
+    }
+    // Racing starters may both spawn; the loser's thread ends at once (its
+    // sender is dropped) and the winner's stays.
+    let (tx, rx) = mpsc::sync_channel::<Machine>(MAX_BACKLOG);
+    let spawned = std::thread::Builder::new()
+        .name("xos-reaper".into())
+        .spawn(move || {
+            lower_priority();
+            if let Err(e) = apply_vcpu_filter() {
+                // Without its filter the reaper would be the least
+                // confined thread touching VM state: stop, and let
+                // executors tear down themselves.
+                tracing::warn!(error = %e, "VM reaper disabled");
+                return;
             }
+            for machine in rx {
+                let bytes = machine.mem_size();
+                drop(machine);
+                BACKLOG_BYTES.fetch_sub(bytes, Ordering::SeqCst);
+                BACKLOG.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = REAPER.set(Mutex::new(tx));
         }
-    });
+        // Not remembered: a later start (from a thread that may create
+        // threads) tries again; meanwhile VMs are torn down inline.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the VM reaper; VMs are torn down inline")
+        }
+    }
 }
 
 fn reaper() -> Option<&'static Mutex<SyncSender<Machine>>> {
-    REAPER.get().and_then(Option::as_ref)
+    REAPER.get()
 }
 
 /// Makes the calling thread `SCHED_IDLE`; on failure it keeps its priority
@@ -78,8 +90,18 @@ pub fn dispose(machine: Machine) {
         drop(machine);
         return;
     };
-    if BACKLOG.fetch_add(1, Ordering::SeqCst) >= MAX_BACKLOG {
+    let bytes = machine.mem_size();
+    // Both counters are raised first (and lowered together by `undo`), so
+    // they stay consistent whichever limit is hit.
+    let queued = BACKLOG.fetch_add(1, Ordering::SeqCst);
+    let queued_bytes = BACKLOG_BYTES.fetch_add(bytes, Ordering::SeqCst);
+    let over = queued >= MAX_BACKLOG || queued_bytes + bytes > MAX_BACKLOG_BYTES;
+    let undo = || {
         BACKLOG.fetch_sub(1, Ordering::SeqCst);
+        BACKLOG_BYTES.fetch_sub(bytes, Ordering::SeqCst);
+    };
+    if over {
+        undo();
         drop(machine);
         return;
     }
@@ -87,7 +109,7 @@ pub fn dispose(machine: Machine) {
     if let Err(mpsc::TrySendError::Full(m) | mpsc::TrySendError::Disconnected(m)) =
         sender.try_send(machine)
     {
-        BACKLOG.fetch_sub(1, Ordering::SeqCst);
+        undo();
         drop(m);
     }
 }

@@ -1,15 +1,17 @@
-//! Running a program to completion: the vCPU thread, its seccomp filter,
-//! the exit loop, timeouts.
+//! Running a program to completion: the exit loop, timeouts, and the
+//! division of a run's work between threads.
 //!
-//! The caller's thread creates the VM and prepares memory; a dedicated vCPU
-//! thread (under the seccomp filter) runs the guest and serves its
-//! hypercalls; the caller waits with the time limit. When the guest is
-//! done the vCPU thread first hands the result back and only then tears the
-//! VM down, so the ~0.3-3 ms it takes to close a VM is off the caller's
-//! path.
+//! The caller's thread creates the VM and prepares guest memory; an
+//! executor thread (under the vCPU seccomp filter, see [`crate::executor`])
+//! creates the vCPU meanwhile, registers the memory, runs the guest and
+//! serves its hypercalls; the caller waits with the time limit. The result
+//! goes back before the VM is handed to the reaper ([`crate::reaper`]) for
+//! tear-down, so the ~0.3-0.6 ms (sometimes several ms) it takes to close a
+//! VM is off the caller's path.
 
+use crate::arch;
 use crate::arch::cpu::Privilege;
-use crate::arch::interrupts::{has_error_code, STUB_PUSHED};
+use crate::arch::interrupts::{has_error_code, STUBS_SIZE, STUB_PUSHED};
 use crate::executor::{self, ExecutorError};
 use crate::exit::{Exception, Fault, GuestExit, GuestRegs, RunStats};
 use crate::host_fn::HostFunctions;
@@ -59,8 +61,8 @@ pub enum RunError {
     /// The vCPU thread could not be started.
     #[error("cannot start the vCPU thread: {0}")]
     Spawn(std::io::Error),
-    /// The vCPU thread died without reporting (a monitor bug).
-    #[error("the vCPU thread ended without a result (it panicked; this is a bug in xos-vmm)")]
+    /// The vCPU thread died without reporting.
+    #[error("the vCPU thread ended without a result (it panicked: a bug in xos-vmm or in a host function)")]
     VcpuThreadLost,
 }
 
@@ -77,6 +79,10 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Functions the guest may call.
     pub host_functions: HostFunctions,
+    /// End the run with a fault when the guest writes more than this many
+    /// bytes of output (stdout and stderr together). Embedders that collect
+    /// output in memory should set it.
+    pub output_limit: Option<u64>,
     /// Stop at the guest's ready point (`READY`) and capture a snapshot
     /// there ([`RunOutcome::snapshot`]) instead of answering and resuming.
     pub stop_at_ready: bool,
@@ -94,6 +100,7 @@ impl Default for RunConfig {
             env: Vec::new(),
             timeout: None,
             host_functions: HostFunctions::new(),
+            output_limit: None,
             stop_at_ready: false,
             seccomp: true,
         }
@@ -163,7 +170,8 @@ impl PreparedRun {
         machine.set_entry(program.entry(), layout::STACK_TOP, layout::BOOT_INFO);
         Ok(PreparedRun {
             machine,
-            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
+            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone())
+                .with_output_limit(config.output_limit),
             options: LoopOptions::from_config(config),
             seccomp: config.seccomp,
         })
@@ -183,7 +191,8 @@ impl PreparedRun {
         let layout = GuestLayout::resume(machine.memory(), machine.mem_size(), &mut *io.stdin)?;
         Ok(PreparedRun {
             machine,
-            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone()),
+            hypercalls: Hypercalls::new(layout, io, config.host_functions.clone())
+                .with_output_limit(config.output_limit),
             options: LoopOptions::from_config(config),
             seccomp: config.seccomp,
         })
@@ -202,7 +211,7 @@ impl PreparedRun {
         mut self,
         interrupter: &Interrupter,
     ) -> (Result<RunOutcome, RunError>, Machine) {
-        interrupter.attach(self.machine.immediate_exit_ptr());
+        let attached = interrupter.attach(self.machine.immediate_exit_ptr());
         let start = Instant::now();
         let result = run_loop(
             &mut self.machine,
@@ -211,7 +220,7 @@ impl PreparedRun {
             &mut self.options,
         );
         let guest_time = start.elapsed();
-        interrupter.detach();
+        drop(attached);
         let outcome = result.and_then(|(exit, exits)| {
             let snapshot = if exit == GuestExit::Ready {
                 // The doorbell write is complete only once KVM_RUN is
@@ -236,7 +245,7 @@ impl PreparedRun {
 
     /// Runs the guest on an executor thread (under the vCPU seccomp filter),
     /// waits for it with the time limit, and leaves the VM's tear-down to
-    /// that thread, after the result is back.
+    /// the reaper, after the result is back.
     pub fn run(self, interrupter: &Interrupter) -> Result<RunOutcome, RunError> {
         install_handler()?;
         reaper::start();
@@ -260,7 +269,10 @@ fn dispatch(seccomp: bool, job: impl FnOnce() + Send + 'static) -> Result<(), Ru
     } else {
         std::thread::Builder::new()
             .name("xos-vcpu-unfiltered".into())
-            .spawn(job)
+            .spawn(move || {
+                crate::interrupt::unblock_kick_signal();
+                job()
+            })
             .map_err(RunError::Spawn)?;
     }
     Ok(())
@@ -276,7 +288,24 @@ fn wait_for_result(
         Some(limit) => match rx.recv_timeout(limit) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 interrupter.stop(StopReason::Timeout);
-                rx.recv()
+                match rx.recv_timeout(STOP_GRACE) {
+                    Ok(r) => Ok(r),
+                    // Stuck in code the kick cannot interrupt (an
+                    // embedder's host function): report the timeout now;
+                    // the vCPU thread ends the run when that code returns.
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        return Ok(RunOutcome {
+                            exit: GuestExit::TimedOut {
+                                limit,
+                                regs: Box::default(),
+                            },
+                            stats: RunStats::default(),
+                            guest_time: limit + STOP_GRACE,
+                            snapshot: None,
+                        })
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+                }
             }
             Ok(r) => Ok(r),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
@@ -285,6 +314,10 @@ fn wait_for_result(
     };
     received.map_err(|_| RunError::VcpuThreadLost)?
 }
+
+/// How long a caller waits for a stopped guest's run to end before it
+/// reports the timeout without it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// What the caller hands the executor once guest memory is ready.
 enum Handover {
@@ -321,6 +354,7 @@ pub fn run_program(
     let thread_interrupter = interrupter.clone();
     let entry = program.entry();
     let host_functions = config.host_functions.clone();
+    let output_limit = config.output_limit;
     let timeout = config.timeout;
     let options = LoopOptions::from_config(config);
     dispatch(config.seccomp, move || {
@@ -342,7 +376,7 @@ pub fn run_program(
         machine.set_entry(entry, layout::STACK_TOP, layout::BOOT_INFO);
         let run = PreparedRun {
             machine,
-            hypercalls: Hypercalls::new(layout, io, host_functions),
+            hypercalls: Hypercalls::new(layout, io, host_functions).with_output_limit(output_limit),
             options,
             seccomp: true,
         };
@@ -422,19 +456,26 @@ fn run_loop(
         };
         match step {
             Step::Continue => {}
-            Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number)? {
-                Next::Resume => {
-                    if let Some(hook) = options.on_resume.as_mut() {
-                        hook();
+            Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number) {
+                // Host I/O interrupted because the run is being stopped.
+                Err(_) if interrupter.reason() != StopReason::None => {
+                    return Ok((stopped(machine, hypercalls, interrupter, options), exits));
+                }
+                Err(e) => return Err(e.into()),
+                Ok(next) => match next {
+                    Next::Resume => {
+                        if let Some(hook) = options.on_resume.as_mut() {
+                            hook();
+                        }
                     }
-                }
-                Next::Ready if options.stop_at_ready => return Ok((GuestExit::Ready, exits)),
-                Next::Ready => {
-                    hypercalls.ret(machine.memory(), 0)?;
-                }
-                Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
-                Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
-                Next::Fault(fault) => return Ok((faulted(machine, fault), exits)),
+                    Next::Ready if options.stop_at_ready => return Ok((GuestExit::Ready, exits)),
+                    Next::Ready => {
+                        hypercalls.ret(machine.memory(), 0)?;
+                    }
+                    Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
+                    Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
+                    Next::Fault(fault) => return Ok((faulted(machine, fault), exits)),
+                },
             },
             Step::Exception(vector) => {
                 let _ = hypercalls.drain_output(machine.memory());
@@ -449,16 +490,34 @@ fn run_loop(
                 let _ = hypercalls.drain_output(machine.memory());
                 return Ok((faulted(machine, fault), exits));
             }
-            Step::Interrupted => match interrupter.reason() {
-                StopReason::None => machine.clear_immediate_exit(),
-                StopReason::Timeout => {
-                    let _ = hypercalls.drain_output(machine.memory());
-                    let regs = regs_or_default(machine);
-                    let limit = options.timeout.unwrap_or_default();
-                    return Ok((GuestExit::TimedOut { limit, regs }, exits));
+            Step::Interrupted => {
+                // Clear first, then look: a stop that lands after the look
+                // sets the flag again and is seen at the next KVM_RUN.
+                machine.clear_immediate_exit();
+                if interrupter.reason() != StopReason::None {
+                    return Ok((stopped(machine, hypercalls, interrupter, options), exits));
                 }
-                StopReason::Kill => return Ok((GuestExit::Killed, exits)),
-            },
+            }
+        }
+    }
+}
+
+/// How a run that is being stopped ends: timed out (with the guest's
+/// registers and what it printed so far) or killed.
+fn stopped(
+    machine: &Machine,
+    hypercalls: &mut Hypercalls,
+    interrupter: &Interrupter,
+    options: &LoopOptions,
+) -> GuestExit {
+    match interrupter.reason() {
+        StopReason::Kill => GuestExit::Killed,
+        _ => {
+            let _ = hypercalls.drain_output(machine.memory());
+            GuestExit::TimedOut {
+                limit: options.timeout.unwrap_or_default(),
+                regs: regs_or_default(machine),
+            }
         }
     }
 }
@@ -483,10 +542,14 @@ fn doorbell_value(data: &[u8]) -> u32 {
 
 /// Builds the fault report after an exception stub reported `vector`: the
 /// registers at the stub, corrected with what the CPU and the stub pushed on
-/// the exception stack.
+/// the exception stack. The frame is read at the fixed place the stub
+/// leaves it (the top of the monitor's exception stack), never at an
+/// address taken from guest registers, and only if the vCPU really is
+/// inside a stub with the stack pointer the stub produces.
 fn exception_exit(machine: &Machine, vector: u8) -> GuestExit {
+    let fallback = |machine: &Machine, fault| faulted(machine, fault);
     let Ok((kregs, ksregs)) = machine.kvm_registers() else {
-        return faulted(
+        return fallback(
             machine,
             Fault::Exception(Exception {
                 vector,
@@ -494,8 +557,14 @@ fn exception_exit(machine: &Machine, vector: u8) -> GuestExit {
             }),
         );
     };
-    if ksregs.cs.dpl != 0 {
-        // Only the CPL0 stubs may use the fault port.
+    let stubs = arch::system::STUBS..arch::system::STUBS + STUBS_SIZE;
+    let with_code = has_error_code(vector);
+    // SS, RSP, RFLAGS, CS, RIP, [error code], then the stub's RAX, RDX.
+    let pushed = 5 * 8 + if with_code { 8 } else { 0 } + STUB_PUSHED;
+    let frame_rsp = arch::system::EXCEPTION_STACK_TOP - pushed;
+    if ksregs.cs.dpl != 0 || !stubs.contains(&kregs.rip) || kregs.rsp != frame_rsp {
+        // Only the monitor's stubs report on the fault port, from exactly
+        // this state; anything else is the guest misusing the port.
         return GuestExit::Faulted {
             fault: Fault::BadPort {
                 port: FAULT_PORT,
@@ -506,14 +575,9 @@ fn exception_exit(machine: &Machine, vector: u8) -> GuestExit {
         };
     }
     let mut regs = GuestRegs::from_kvm(&kregs, &ksregs);
-    let sp = kregs.rsp;
-    let read = |off: u64| machine.read_u64(sp + off);
-    let error_code = if has_error_code(vector) {
-        read(STUB_PUSHED)
-    } else {
-        None
-    };
-    let frame = STUB_PUSHED + if has_error_code(vector) { 8 } else { 0 };
+    let read = |off: u64| machine.read_u64(frame_rsp + off);
+    let error_code = if with_code { read(STUB_PUSHED) } else { None };
+    let frame = STUB_PUSHED + if with_code { 8 } else { 0 };
     if let (Some(rdx), Some(rax), Some(rip), Some(cs), Some(rflags), Some(rsp)) = (
         read(0),
         read(8),

@@ -84,7 +84,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
-    libc::SYS_tgkill,
     libc::SYS_rseq,
 ];
 
@@ -106,6 +105,21 @@ fn build() -> Result<BpfProgram, SeccompError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // Signals only to this process's own threads (a panic's abort, the
+    // runtime's own kicks), never to other processes.
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u64;
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            pid,
+        )
+        .map_err(err)?])
+        .map_err(err)?],
+    );
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
@@ -116,7 +130,8 @@ fn build() -> Result<BpfProgram, SeccompError> {
     BpfProgram::try_from(filter).map_err(err)
 }
 
-/// The compiled filter (built once per process).
+/// The compiled filter (built once per process; it names this process's
+/// pid, which a forked child does not share: children never run guests).
 fn program() -> Result<&'static BpfProgram, SeccompError> {
     static PROGRAM: OnceLock<Result<BpfProgram, SeccompError>> = OnceLock::new();
     PROGRAM.get_or_init(build).as_ref().map_err(Clone::clone)

@@ -216,3 +216,59 @@ fn segment_beyond_the_configured_memory() {
     ));
     assert!(e.to_string().contains("raise --mem"), "{e}");
 }
+
+#[test]
+fn a_segment_with_file_bytes_but_no_memory_size_is_refused() {
+    // Without this check such a segment skipped validation while the
+    // loader still copied its bytes, here over the exception stubs.
+    let b = elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: vec![0xf4; 16],
+                memsz: 16,
+                flags: 5,
+            },
+            Seg {
+                addr: 0x3060,
+                data: vec![0xcc; 64],
+                memsz: 0,
+                flags: 5,
+            },
+        ],
+    );
+    assert_eq!(
+        err(b),
+        ImageError::FileszExceedsMemsz {
+            index: 1,
+            filesz: 64,
+            memsz: 0
+        }
+    );
+}
+
+#[test]
+fn a_malformed_note_does_not_break_loading() {
+    // A PT_NOTE whose contents are garbage: xos images have no PVH entry,
+    // so the loader must not try to parse it.
+    let mut b = good();
+    let phnum = u16::from_le_bytes([b[56], b[57]]);
+    assert_eq!(phnum, 1);
+    let note_off = b.len() as u64;
+    b.extend_from_slice(&[0xff; 12]);
+    // Append a second program header (PT_NOTE) after the first.
+    let mut ph = Vec::new();
+    ph.extend_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+    ph.extend_from_slice(&4u32.to_le_bytes());
+    for v in [note_off, 0, 0, 12, 12, 4] {
+        ph.extend_from_slice(&v.to_le_bytes());
+    }
+    b[64 + 56..64 + 112].copy_from_slice(&ph);
+    b[56..58].copy_from_slice(&2u16.to_le_bytes());
+    let p = Program::parse(b).expect("a note is not a load segment");
+    let mem =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 4 << 20)])
+            .unwrap();
+    p.load(&mem, true).expect("the note is ignored");
+}

@@ -43,6 +43,8 @@ fn main(args: xos_guest::Args) -> i32 {
     let c = alloc::format!("{}{}", text, argc + 1).into_bytes();
     let mut nul_terminated = String::from(all[0]).into_bytes();
     nul_terminated.push(0);
+    // SAFETY: `nul_terminated` ends with the NUL pushed just above and
+    // outlives `cstr`.
     let cstr = unsafe { core::ffi::CStr::from_ptr(nul_terminated.as_ptr().cast()) };
     println!(
         "cmp: {} {:?} {:?} {}",

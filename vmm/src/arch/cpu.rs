@@ -65,8 +65,8 @@ pub enum Privilege {
 }
 
 /// Special registers for long mode at the given privilege level, on top of
-/// the vCPU's reset state `base` (keeps fields KVM filled in, such as APIC
-/// base).
+/// `base`, whose fields this does not set (APIC base, interrupt bitmap,
+/// CR8) are kept.
 pub fn initial_sregs(base: &kvm_sregs, privilege: Privilege) -> kvm_sregs {
     let mut sregs = *base;
     let (cs, ds) = match privilege {

@@ -16,6 +16,8 @@ pub const STUB_SIZE: u64 = 16;
 pub const EXCEPTION_VECTORS: u64 = 32;
 /// Vector reported by the generic stub that serves vectors 32..255.
 pub const GENERIC_VECTOR: u8 = 0xff;
+/// Bytes of stub code (one stub per exception vector, then the generic one).
+pub const STUBS_SIZE: u64 = (EXCEPTION_VECTORS + 1) * STUB_SIZE;
 
 /// Bytes the stub pushed below the CPU's exception frame (RAX, then RDX).
 pub const STUB_PUSHED: u64 = 16;
