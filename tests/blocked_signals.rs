@@ -26,5 +26,9 @@ fn timeouts_work_when_the_embedder_blocks_all_signals() {
     let start = Instant::now();
     let r = f.call(b"").expect("call");
     assert!(matches!(r.exit, GuestExit::TimedOut { .. }), "{}", r.exit);
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
