@@ -71,6 +71,9 @@ pub struct Hypercalls {
     /// Output bytes delivered so far, and the most allowed.
     output_total: u64,
     output_limit: Option<u64>,
+    /// Guest ranges the monitor wrote besides BootInfo and the stdin
+    /// buffer (host-call results), for warm-pool resets.
+    host_written: Vec<(u64, u64)>,
     /// Hypercalls served.
     pub count: u64,
 }
@@ -90,6 +93,7 @@ impl Hypercalls {
             scratch: Vec::new(),
             output_total: 0,
             output_limit: None,
+            host_written: Vec::new(),
             count: 0,
         }
     }
@@ -99,6 +103,12 @@ impl Hypercalls {
     pub fn with_output_limit(mut self, limit: Option<u64>) -> Self {
         self.output_limit = limit;
         self
+    }
+
+    /// Takes the list of guest ranges the monitor wrote besides BootInfo
+    /// and the stdin buffer.
+    pub fn host_writes(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.host_written)
     }
 
     /// Counts `n` more output bytes; `Err` with the fault when that passes
@@ -353,6 +363,7 @@ impl Hypercalls {
         }
         mem.write_slice(&output, GuestAddress(out_ptr))
             .map_err(mem_err(out_ptr))?;
+        self.host_written.push((out_ptr, output.len() as u64));
         Ok(output.len() as i64)
     }
 }

@@ -10,7 +10,8 @@
 //! - [`loader`]: validating and loading ELF images; [`elf_writer`] makes
 //!   tiny ones for tests and benchmarks.
 //! - [`layout`], [`hypercall`], [`io`], [`host_fn`]: the ABI.
-//! - [`snapshot`]: a stopped guest's complete state, to a file and back.
+//! - [`snapshot`]: a stopped guest's complete state, to a file and back;
+//!   [`pool`]: warm instances of a snapshot, reset after every call.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod pool;
 pub mod reaper;
 pub mod runner;
 pub mod seccomp;

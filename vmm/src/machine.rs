@@ -125,10 +125,19 @@ impl VmShell {
         mem: GuestMemoryMmap,
         mem_size: u64,
     ) -> Result<VmShell, MachineError> {
+        Self::register_with_flags(vm, mem, mem_size, 0)
+    }
+
+    fn register_with_flags(
+        vm: Arc<VmFd>,
+        mem: GuestMemoryMmap,
+        mem_size: u64,
+        flags: u32,
+    ) -> Result<VmShell, MachineError> {
         for (slot, region) in mem.iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: 0,
+                flags,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
@@ -168,6 +177,46 @@ impl Machine {
         let vcpu = create_vcpu(&vm)?;
         let shell = VmShell::new(vm, mem_size)?;
         Ok(Machine::assemble(shell, vcpu, privilege))
+    }
+
+    /// Like [`Machine::new`], with dirty-page logging on guest memory in
+    /// KVM's manual-protect mode: [`Machine::written_pages`] reports every
+    /// page the guest has written since the machine was created, and a page
+    /// is write-protected (one fault) only until its first write. Warm
+    /// pools reset instances with it.
+    pub fn new_logged(mem_size: u64, privilege: Privilege) -> Result<Machine, MachineError> {
+        let mem_size = memory::checked_size(mem_size)?;
+        let vm = create_vm()?;
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+            args: [
+                u64::from(kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        vm.enable_cap(&cap)
+            .map_err(ioctl("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))?;
+        let vcpu = create_vcpu(&vm)?;
+        let shell = VmShell::register_with_flags(
+            vm,
+            prepare_memory(mem_size)?,
+            mem_size,
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
+        )?;
+        Ok(Machine::assemble(shell, vcpu, privilege))
+    }
+
+    /// The bitmap (one bit per 4 KiB page, 64 pages per word) of the pages
+    /// the guest wrote since the machine was created, for a machine made
+    /// by [`Machine::new_logged`] (`KVM_GET_DIRTY_LOG`). Writes by the
+    /// monitor through its own mapping are not in it.
+    pub fn written_pages(&self) -> Result<Vec<u64>, MachineError> {
+        self.vm
+            .get_dirty_log(0, self.mem_size as usize)
+            .map_err(ioctl("KVM_GET_DIRTY_LOG"))
     }
 
     /// A machine from a shell and a vCPU created for the shell's VM.
@@ -212,6 +261,39 @@ impl Machine {
         sync.sregs = sregs;
         self.vcpu.set_sync_dirty_reg(SyncReg::Register);
         self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+    }
+
+    /// Loads general and special registers with the next entry, through the
+    /// `kvm_run` page (no ioctl); used to reset pooled instances.
+    pub fn set_registers_on_entry(
+        &mut self,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) {
+        let sync = self.vcpu.sync_regs_mut();
+        sync.regs = *regs;
+        sync.sregs = *sregs;
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+        self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+    }
+
+    /// Loads the x87/SSE state from a standard-format XSAVE area holding
+    /// only x87 and SSE state (`KVM_SET_XSAVE`).
+    pub fn set_xsave(&mut self, region: &[u32; 1024]) -> Result<(), MachineError> {
+        let xsave = kvm_bindings::kvm_xsave {
+            region: *region,
+            ..Default::default()
+        };
+        if !xsave_is_legacy(&xsave) {
+            return Err(MachineError::Ioctl {
+                op: "KVM_SET_XSAVE",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        // SAFETY: `xsave_is_legacy` checked that only the x87 and SSE
+        // components (the 512-byte legacy region and the 64-byte header)
+        // are in use, so the kernel reads within the 4096-byte region.
+        unsafe { self.vcpu.set_xsave(&xsave) }.map_err(ioctl("KVM_SET_XSAVE"))
     }
 
     /// Enters the guest until the next exit.

@@ -129,21 +129,21 @@ pub type ResumeHook = Box<dyn FnMut() + Send>;
 pub struct PreparedRun {
     machine: Machine,
     hypercalls: Hypercalls,
-    options: LoopOptions,
+    options: LoopControl,
     seccomp: bool,
 }
 
 /// How the exit loop behaves.
 #[derive(Default)]
-struct LoopOptions {
-    timeout: Option<Duration>,
-    stop_at_ready: bool,
-    on_resume: Option<ResumeHook>,
+pub(crate) struct LoopControl {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) stop_at_ready: bool,
+    pub(crate) on_resume: Option<ResumeHook>,
 }
 
-impl LoopOptions {
+impl LoopControl {
     fn from_config(config: &RunConfig) -> Self {
-        LoopOptions {
+        LoopControl {
             timeout: config.timeout,
             stop_at_ready: config.stop_at_ready,
             on_resume: None,
@@ -172,7 +172,7 @@ impl PreparedRun {
             machine,
             hypercalls: Hypercalls::new(layout, io, config.host_functions.clone())
                 .with_output_limit(config.output_limit),
-            options: LoopOptions::from_config(config),
+            options: LoopControl::from_config(config),
             seccomp: config.seccomp,
         })
     }
@@ -193,7 +193,7 @@ impl PreparedRun {
             machine,
             hypercalls: Hypercalls::new(layout, io, config.host_functions.clone())
                 .with_output_limit(config.output_limit),
-            options: LoopOptions::from_config(config),
+            options: LoopControl::from_config(config),
             seccomp: config.seccomp,
         })
     }
@@ -356,7 +356,7 @@ pub fn run_program(
     let host_functions = config.host_functions.clone();
     let output_limit = config.output_limit;
     let timeout = config.timeout;
-    let options = LoopOptions::from_config(config);
+    let options = LoopControl::from_config(config);
     dispatch(config.seccomp, move || {
         let vcpu = create_vcpu(&vm);
         let Ok(Handover::Ready { mem, layout, io }) = handover_rx.recv() else {
@@ -421,11 +421,11 @@ fn faulted(machine: &Machine, fault: Fault) -> GuestExit {
 }
 
 /// The exit loop. Returns how the guest ended and the number of exits.
-fn run_loop(
+pub(crate) fn run_loop(
     machine: &mut Machine,
     hypercalls: &mut Hypercalls,
     interrupter: &Interrupter,
-    options: &mut LoopOptions,
+    options: &mut LoopControl,
 ) -> Result<(GuestExit, u64), RunError> {
     let mut exits = 0u64;
     loop {
@@ -508,7 +508,7 @@ fn stopped(
     machine: &Machine,
     hypercalls: &mut Hypercalls,
     interrupter: &Interrupter,
-    options: &LoopOptions,
+    options: &LoopControl,
 ) -> GuestExit {
     match interrupter.reason() {
         StopReason::Kill => GuestExit::Killed,

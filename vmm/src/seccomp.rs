@@ -34,11 +34,11 @@ const IOC_READ: u64 = 2;
 /// ioctls a vCPU thread issues. On the cold path the vCPU thread creates
 /// its vCPU and registers the guest memory the caller prepared (in parallel
 /// with the caller's work); then it runs the guest and reads registers when
-/// a run ends in a fault, and saving or loading the whole vCPU state for
-/// snapshots. Registering memory can only map memory this
+/// a run ends in a fault, saving or loading the whole vCPU state for
+/// snapshots, and reading the dirty log to reset pooled instances. Registering memory can only map memory this
 /// process already owns into its own VM, so it widens nothing a
 /// compromised vCPU thread could not already reach.
-const VCPU_IOCTLS: [u64; 11] = [
+const VCPU_IOCTLS: [u64; 12] = [
     kvm_ioctl(0, 0x41, 0), // KVM_CREATE_VCPU
     kvm_ioctl(
         IOC_WRITE,
@@ -58,6 +58,7 @@ const VCPU_IOCTLS: [u64; 11] = [
         size_of::<kvm_bindings::kvm_msrs>(),
     ), // KVM_GET_MSRS
     kvm_ioctl(IOC_WRITE, 0x89, size_of::<kvm_bindings::kvm_msrs>()), // KVM_SET_MSRS
+    kvm_ioctl(IOC_WRITE, 0x42, size_of::<kvm_bindings::kvm_dirty_log>()), // KVM_GET_DIRTY_LOG
 ];
 
 /// Syscalls allowed without conditions.
@@ -157,6 +158,7 @@ mod tests {
         assert_eq!(super::VCPU_IOCTLS[8], 0x5000_aea5);
         assert_eq!(super::VCPU_IOCTLS[9], 0xc008_ae88);
         assert_eq!(super::VCPU_IOCTLS[10], 0x4008_ae89);
+        assert_eq!(super::VCPU_IOCTLS[11], 0x4010_ae42);
     }
 
     #[test]
