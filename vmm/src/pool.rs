@@ -372,11 +372,7 @@ fn serve(shared: &Shared, worker: &Worker, mut machine: Machine) {
     // monitor always writes: restored after every call.
     let mut written = vec![0u64; shared.page_index.len().div_ceil(64)];
     mark(&mut written, layout::BOOT_INFO, PAGE_SIZE);
-    loop {
-        let Some(Request::Call { input, interrupter }) = worker.requests.take(WORKER_SPIN, None)
-        else {
-            break;
-        };
+    while let Some(Request::Call { input, interrupter }) = worker.requests.take(WORKER_SPIN, None) {
         let (result, host_writes) = run_call(shared, &mut machine, input, &interrupter);
         let fit = matches!(
             &result,
