@@ -64,7 +64,13 @@ fn virtine(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(4));
     bench(&mut g, "cold", measure::measure_cold);
+    bench(
+        &mut g,
+        "restore_from_file",
+        measure::measure_restore_from_file,
+    );
     g.sample_size(30).measurement_time(Duration::from_secs(3));
+    bench(&mut g, "warm_call", measure::measure_warm_call);
     bench(
         &mut g,
         "hypercall_roundtrip",

@@ -18,6 +18,12 @@ use xos_abi::DOORBELL;
 pub const TRIVIAL_IMAGE: &str = "trivial-c";
 /// The image of the hypercall benchmark (argv[1] = N NOP hypercalls).
 pub const HCLOOP_IMAGE: &str = "hcloop-c";
+/// The trivial function with a ready point (`xos_ready()`, then return 0),
+/// for the warm-pool and snapshot benchmarks.
+pub const NOOP_IMAGE: &str = "noop-c";
+/// Unmeasured calls that warm a pool instance up (first writes to each
+/// page fault once, see `vmm::pool`).
+const WARM_CALL_WARMUP: usize = 20;
 /// Round trips performed and discarded before the kept ones (the first
 /// entries fault in the guest's pages and the monitor's code paths).
 pub const ROUNDTRIP_WARMUP: usize = 20;
@@ -528,4 +534,87 @@ mod tests {
         assert!(during.fds > before.fds, "{before:?} {during:?}");
         drop(file);
     }
+}
+
+// ---------------------------------------------------------------------------
+// virtine.warm_call and virtine.restore_from_file
+
+/// The `noop-c` guest's state at its ready point.
+fn noop_snapshot() -> anyhow::Result<vmm::snapshot::Snapshot> {
+    let program = Program::parse(image_bytes(NOOP_IMAGE)?)
+        .with_context(|| format!("cannot parse {NOOP_IMAGE}"))?;
+    let config = RunConfig {
+        stop_at_ready: true,
+        ..RunConfig::default()
+    };
+    let (io, _stdout, stderr) = GuestIo::capture(Vec::new());
+    let outcome = vmm::run_program(&program, &config, io, &Interrupter::new())
+        .context("cannot run noop-c to its ready point")?;
+    match (outcome.exit, outcome.snapshot) {
+        (GuestExit::Ready, Some(s)) => Ok(*s),
+        (exit, _) => bail!(
+            "noop-c did not stop at its ready point: {exit}; stderr: {}",
+            String::from_utf8_lossy(&stderr.take())
+        ),
+    }
+}
+
+/// `virtine.warm_call`: calls of the trivial `noop-c` in a one-instance
+/// warm pool, from the caller's `call` to its result, the instance's reset
+/// included (the pool resets before it answers).
+pub fn measure_warm_call(samples: usize) -> anyhow::Result<Vec<u64>> {
+    vmm::kvm::probe().context("KVM is not usable")?;
+    let config = vmm::pool::PoolConfig {
+        max_instances: 1,
+        timeout: Some(Duration::from_secs(10)),
+        ..vmm::pool::PoolConfig::default()
+    };
+    let pool = vmm::pool::WarmPool::new(Arc::new(noop_snapshot()?), config)
+        .context("cannot create the warm pool")?;
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..WARM_CALL_WARMUP + samples {
+        let start = Instant::now();
+        let r = pool.call(b"").context("warm call")?;
+        let t = nanos(start.elapsed());
+        ensure!(
+            r.exit == GuestExit::Exited(0),
+            "noop-c ended with {}",
+            r.exit
+        );
+        if i >= WARM_CALL_WARMUP {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// `virtine.restore_from_file`: read a snapshot file of `noop-c`, validate
+/// it, restore it into a fresh VM and run the call to its end.
+pub fn measure_restore_from_file(samples: usize) -> anyhow::Result<Vec<u64>> {
+    vmm::kvm::probe().context("KVM is not usable")?;
+    let path = std::env::temp_dir().join(format!("xos-bench-{}.snap", std::process::id()));
+    std::fs::write(&path, noop_snapshot()?.encode()).context("cannot write the snapshot file")?;
+    let config = RunConfig::default();
+    let mut out = Vec::with_capacity(samples);
+    let result = (|| {
+        for _ in 0..samples {
+            let start = Instant::now();
+            let bytes = std::fs::read(&path).context("cannot read the snapshot file")?;
+            let snapshot = vmm::snapshot::Snapshot::decode(&bytes).context("bad snapshot")?;
+            let (io, _o, _e) = GuestIo::capture(Vec::new());
+            let outcome = PreparedRun::from_snapshot(&snapshot, &config, io)
+                .context("cannot restore")?
+                .run(&Interrupter::new())
+                .context("cannot run")?;
+            out.push(nanos(start.elapsed()));
+            ensure!(
+                outcome.exit == GuestExit::Exited(0),
+                "noop-c ended with {}",
+                outcome.exit
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map(|()| out)
 }

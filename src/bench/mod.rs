@@ -12,6 +12,10 @@
 //!   path the VIC layer takes);
 //! - `virtine.cold_after_teardown`: the same, each sample waiting until
 //!   the previous VM is completely torn down;
+//! - `virtine.warm_call`: the trivial `noop-c` called in a warm pool, the
+//!   instance's reset included;
+//! - `virtine.restore_from_file`: read, validate and restore a snapshot
+//!   file into a fresh VM, and run the call;
 //! - `virtine.hypercall_roundtrip`: one NOP hypercall of `hcloop-c`, as the
 //!   time between consecutive resume-hook calls;
 //! - `kvm.exit_roundtrip`: the floor: a bare CPL3 loop writing the doorbell,
@@ -51,6 +55,8 @@ pub const COLD_SAMPLES: usize = 6;
 /// one `hcloop-c` with this many NOP hypercalls plus the warm-up ones (and
 /// one bare loop as long).
 pub const ROUNDTRIP_SAMPLES: usize = 400;
+/// Samples per round for `virtine.warm_call`.
+pub const WARM_SAMPLES: usize = 100;
 /// Samples per round for the process baselines.
 pub const PROCESS_SAMPLES: usize = 10;
 /// Samples per round for the thread baseline.
@@ -134,6 +140,18 @@ const BENCHES: &[Bench] = &[
         run: measure::measure_cold_after_teardown,
     },
     Bench {
+        name: "virtine.warm_call",
+        needs: Needs::Kvm,
+        samples: WARM_SAMPLES,
+        run: measure::measure_warm_call,
+    },
+    Bench {
+        name: "virtine.restore_from_file",
+        needs: Needs::Kvm,
+        samples: COLD_SAMPLES,
+        run: measure::measure_restore_from_file,
+    },
+    Bench {
         name: "virtine.hypercall_roundtrip",
         needs: Needs::Kvm,
         samples: ROUNDTRIP_SAMPLES,
@@ -193,6 +211,16 @@ pub const BARS: &[Bar] = &[
         numerator: "virtine.hypercall_roundtrip",
         denominator: "kvm.exit_roundtrip",
         max: 1.1,
+    },
+    Bar {
+        numerator: "virtine.warm_call",
+        denominator: "kvm.exit_roundtrip",
+        max: 1.5,
+    },
+    Bar {
+        numerator: "virtine.warm_call",
+        denominator: "baseline.fork_exec_wait",
+        max: 0.2,
     },
 ];
 
