@@ -512,30 +512,6 @@ pub fn measure_thread_spawn_join(samples: usize) -> anyhow::Result<Vec<u64>> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_loop_jumps_back_to_the_store() {
-        let code = exit_loop_code();
-        assert_eq!(code.len(), 16);
-        assert_eq!(&code[..5], &[0xb8, 7, 0, 0, 0]);
-        assert_eq!(code[5], 0xa3);
-        assert_eq!(&code[6..14], &DOORBELL.to_le_bytes());
-        assert_eq!(&code[14..], &[0xeb, 0xf5]);
-    }
-
-    #[test]
-    fn footprint_sees_an_open_file() {
-        let before = footprint().unwrap();
-        let file = std::fs::File::open("/proc/self/maps").unwrap();
-        let during = footprint().unwrap();
-        assert!(during.fds > before.fds, "{before:?} {during:?}");
-        drop(file);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // virtine.warm_call and virtine.restore_from_file
 
@@ -617,4 +593,28 @@ pub fn measure_restore_from_file(samples: usize) -> anyhow::Result<Vec<u64>> {
     })();
     let _ = std::fs::remove_file(&path);
     result.map(|()| out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_loop_jumps_back_to_the_store() {
+        let code = exit_loop_code();
+        assert_eq!(code.len(), 16);
+        assert_eq!(&code[..5], &[0xb8, 7, 0, 0, 0]);
+        assert_eq!(code[5], 0xa3);
+        assert_eq!(&code[6..14], &DOORBELL.to_le_bytes());
+        assert_eq!(&code[14..], &[0xeb, 0xf5]);
+    }
+
+    #[test]
+    fn footprint_sees_an_open_file() {
+        let before = footprint().unwrap();
+        let file = std::fs::File::open("/proc/self/maps").unwrap();
+        let during = footprint().unwrap();
+        assert!(during.fds > before.fds, "{before:?} {during:?}");
+        drop(file);
+    }
 }
