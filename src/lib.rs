@@ -58,6 +58,9 @@ pub enum Error {
     /// Creating or running the IC failed on the host side.
     #[error(transparent)]
     Icf(#[from] icf::IcfError),
+    /// A warm pool failed.
+    #[error(transparent)]
+    Pool(#[from] vmm::pool::PoolError),
     /// A snapshot file is not usable.
     #[error("{}: {source}", path.display())]
     BadSnapshot {
@@ -203,17 +206,31 @@ impl Function {
     /// there, with the same time limit and host functions. Fails if the
     /// guest ends before it gets there.
     pub fn snapshot_at_ready(&self) -> Result<Self, Error> {
-        let Source::Image(spec) = &self.source else {
-            return Ok(self.clone());
+        let mut f = Self::with_source(Source::Snapshot(self.ready_snapshot()?))?;
+        f.timeout = self.timeout;
+        f.host_functions = self.host_functions.clone();
+        f.output_limit = self.output_limit;
+        Ok(f)
+    }
+
+    /// The guest's state at its ready point: the snapshot this function
+    /// starts from, or one taken by running it there.
+    fn ready_snapshot(&self) -> Result<Arc<vmm::snapshot::Snapshot>, Error> {
+        let spec = match &self.source {
+            Source::Snapshot(s) => return Ok(s.clone()),
+            Source::Image(spec) => spec,
         };
         let mut spec = spec.clone();
         spec.timeout = self.timeout;
         spec.host_functions = self.host_functions.clone();
-        let state = icf::virtine::VirtineFactory.create(spec)?.dump()?;
-        let mut f = Self::from_snapshot(&state)?;
-        f.timeout = self.timeout;
-        f.host_functions = self.host_functions.clone();
-        Ok(f)
+        let ic = icf::virtine::VirtineFactory.create(spec)?;
+        let state = ic.dump()?;
+        let snapshot =
+            vmm::snapshot::Snapshot::decode(&state).map_err(|source| Error::BadSnapshot {
+                path: PathBuf::from("<memory>"),
+                source,
+            })?;
+        Ok(Arc::new(snapshot))
     }
 
     /// The snapshot calls start from, in the file format, if this function
@@ -321,5 +338,55 @@ impl Function {
             stdout: stdout.take(),
             stderr: stderr.take(),
         })
+    }
+}
+
+impl Function {
+    /// A pool of at most `max_instances` warm instances of this function,
+    /// shared by any number of caller threads: each call runs in an
+    /// instance restored at the guest's ready point and reset there after
+    /// the call, so nothing of one call reaches the next. A function that
+    /// starts from its image is first run to its ready point
+    /// ([`Function::snapshot_at_ready`]).
+    pub fn pool(&self, max_instances: usize) -> Result<FunctionPool, Error> {
+        let snapshot = self.ready_snapshot()?;
+        let config = vmm::pool::PoolConfig {
+            max_instances,
+            timeout: self.timeout,
+            host_functions: self.host_functions.clone(),
+            output_limit: Some(self.output_limit),
+        };
+        Ok(FunctionPool {
+            pool: vmm::pool::WarmPool::new(snapshot, config)?,
+        })
+    }
+}
+
+/// A bounded pool of warm instances of a [`Function`] ([`Function::pool`]).
+pub struct FunctionPool {
+    pool: vmm::pool::WarmPool,
+}
+
+impl FunctionPool {
+    /// Calls the function with `input` as its stdin in a warm instance.
+    pub fn call(&self, input: &[u8]) -> Result<CallResult, Error> {
+        self.call_with(input, &vmm::Interrupter::new())
+    }
+
+    /// Like [`FunctionPool::call`]; `kill` stops the call from another
+    /// thread, also while the guest waits in a host function. Use a new
+    /// interrupter for every call.
+    pub fn call_with(&self, input: &[u8], kill: &vmm::Interrupter) -> Result<CallResult, Error> {
+        let o = self.pool.call_with(input, kill)?;
+        Ok(CallResult {
+            exit: o.exit,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+    }
+
+    /// Instances alive now.
+    pub fn instances(&self) -> usize {
+        self.pool.instances()
     }
 }

@@ -204,3 +204,52 @@ fn a_panicking_host_function_fails_the_call_not_the_embedder() {
     // The executor that ran it is still usable.
     assert_eq!(hostcall(&f, "nosuch", "x"), "ret=-2 out=\n");
 }
+
+#[test]
+fn a_function_pool_serves_many_threads_and_can_kill_a_call() {
+    if !kvm_available() {
+        return;
+    }
+    let image = xos_images::find("ready-c").expect("ready-c");
+    let pool = Function::from_elf(image.bytes)
+        .expect("image")
+        .timeout(Duration::from_secs(5))
+        .pool(2)
+        .expect("pool");
+    let pool = std::sync::Arc::new(pool);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let r = pool.call(format!("{t}-{i}").as_bytes()).expect("call");
+                    assert!(String::from_utf8(r.stdout)
+                        .unwrap()
+                        .ends_with(&format!("input={t}-{i}\n")));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("caller");
+    }
+    assert!(pool.instances() <= 2);
+
+    // A kill from another thread ends a call that would spin forever.
+    let spin = Function::from_elf(xos_images::find("secret-c").expect("secret-c").bytes)
+        .expect("image")
+        .pool(1)
+        .expect("pool");
+    let kill = xos_vmm::vmm::Interrupter::new();
+    let killer = kill.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        killer.kill();
+    });
+    let r = spin.call_with(b"spin X", &kill).expect("call");
+    t.join().expect("killer");
+    assert_eq!(r.exit, GuestExit::Killed);
+    // The killed instance was replaced; the pool goes on.
+    let r = spin.call(b"get X").expect("call");
+    assert_eq!(r.stdout, b"clean\n");
+}
