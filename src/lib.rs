@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod serve;
 pub mod units;
 
 pub use icf;

@@ -37,6 +37,9 @@ enum Command {
     /// Run a guest image up to its ready point (xos_ready()) and write its
     /// complete state to a snapshot file, for `run --from-snapshot`.
     Snapshot(SnapshotArgs),
+    /// Serve a function over HTTP: each request body is its stdin, its
+    /// stdout the response body, its exit status the HTTP status.
+    Serve(ServeArgs),
     /// List the registered isolation context factories and their availability.
     Icfs {
         /// Also print the communication mechanisms registered per pair of kinds.
@@ -73,6 +76,43 @@ struct RunArgs {
     /// The guest image: a static ELF built by xos-cc, or @NAME for a built-in example.
     #[arg(required_unless_present = "from_snapshot")]
     file: Option<String>,
+    /// Arguments passed to the guest (after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Isolation context factory (see `xos-vmm icfs`).
+    #[arg(long, value_name = "NAME", default_value = "virtine")]
+    icf: String,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Warm instances at most (requests beyond wait for one).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    instances: usize,
+    /// Guest memory limit, e.g. 16M, 256MiB, 1G.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    mem: Option<u64>,
+    /// Stop a request's guest after this long (HTTP 504).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "10s")]
+    timeout: Duration,
+    /// Largest request body accepted (HTTP 413 beyond).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "1M")]
+    max_input: u64,
+    /// Largest response a guest may produce (HTTP 502 beyond).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "16M")]
+    max_output: u64,
+    /// Add KEY=VALUE to the guest's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The guest image (a static ELF built by xos-cc, or @NAME).
+    file: String,
     /// Arguments passed to the guest (after `--`).
     #[arg(
         trailing_var_arg = true,
@@ -156,6 +196,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Snapshot(args) => snapshot(args),
+        Command::Serve(args) => serve(args),
         Command::Icfs { com } => icfs(com),
         Command::Images => images(),
         Command::Bench(args) => xos_vmm::bench::main(&args)
@@ -243,6 +284,46 @@ fn ic_failure(what: &str, e: IcfError) -> Failure {
         e @ IcfError::NotReady { .. } => usage(anyhow::anyhow!("{what}: {e}")),
         e => Failure::from(e),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
+    use xos_vmm::serve::{serve, shutdown_signal, Backend, ServeConfig};
+    let registry = Registry::builtin();
+    resolve(&registry, &args.icf)?;
+    let spec = spec_for(&args.file, args.mem, None, args.env, args.args)?;
+    if args.instances == 0 {
+        return Err(usage(anyhow::anyhow!("--instances must be at least 1")));
+    }
+    let function = xos_vmm::Function::from_program(spec.program.clone())
+        .and_then(|f| f.on(&registry, &args.icf))
+        .map_err(Failure::from)?
+        .args(spec.args)
+        .env(spec.env)
+        .mem(spec.mem_size)
+        .timeout(args.timeout)
+        .output_limit(args.max_output);
+    let backend = Backend::for_function(&function, args.instances).map_err(|e| match e {
+        xos_vmm::Error::Icf(e) => ic_failure(&args.file, e),
+        e => Failure::from(e),
+    })?;
+    let how = backend.describe();
+    let config = ServeConfig {
+        listen: args.listen,
+        max_input: usize::try_from(args.max_input).unwrap_or(usize::MAX),
+        instances: args.instances,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP runtime")?;
+    let file = args.file.clone();
+    runtime
+        .block_on(serve(backend, config, shutdown_signal(), |addr| {
+            eprintln!("xos-vmm: serving {file} on http://{addr} ({how})");
+        }))
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
+    eprintln!("xos-vmm: stopped; in-flight requests finished");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
