@@ -34,7 +34,7 @@ pub enum Backend {
     /// A warm pool (the guest has a ready point).
     Pool(FunctionPool),
     /// A fresh virtine per request.
-    Cold(Function),
+    Cold(Box<Function>),
 }
 
 impl Backend {
@@ -43,7 +43,9 @@ impl Backend {
     pub fn for_function(f: &Function, instances: usize) -> Result<Backend, crate::Error> {
         match f.pool(instances) {
             Ok(pool) => Ok(Backend::Pool(pool)),
-            Err(crate::Error::Icf(icf::IcfError::NotReady { .. })) => Ok(Backend::Cold(f.clone())),
+            Err(crate::Error::Icf(icf::IcfError::NotReady { .. })) => {
+                Ok(Backend::Cold(Box::new(f.clone())))
+            }
             Err(e) => Err(e),
         }
     }
