@@ -62,6 +62,16 @@ pub enum Error {
     /// A warm pool failed.
     #[error(transparent)]
     Pool(#[from] vmm::pool::PoolError),
+    /// The input is larger than the function's input limit.
+    #[error(
+        "the input is {len} bytes, more than the {limit}-byte input limit (Function::input_limit)"
+    )]
+    InputTooLarge {
+        /// Input size.
+        len: usize,
+        /// The limit.
+        limit: u64,
+    },
     /// A snapshot file is not usable.
     #[error("{}: {source}", path.display())]
     BadSnapshot {
@@ -129,11 +139,24 @@ pub struct Function {
     timeout: Option<Duration>,
     host_functions: vmm::HostFunctions,
     output_limit: u64,
+    input_limit: u64,
 }
 
 /// Output a call may produce by default (stdout and stderr together); see
 /// [`Function::output_limit`].
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+/// Input a call may take by default; see [`Function::input_limit`].
+pub const DEFAULT_INPUT_LIMIT: u64 = 16 << 20;
+
+fn check_input(input: &[u8], limit: u64) -> Result<(), Error> {
+    if input.len() as u64 > limit {
+        return Err(Error::InputTooLarge {
+            len: input.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
 
 /// Where a function's calls start.
 #[derive(Clone)]
@@ -171,6 +194,7 @@ impl Function {
             timeout: None,
             host_functions: vmm::HostFunctions::new(),
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            input_limit: DEFAULT_INPUT_LIMIT,
         })
     }
 
@@ -211,6 +235,7 @@ impl Function {
         f.timeout = self.timeout;
         f.host_functions = self.host_functions.clone();
         f.output_limit = self.output_limit;
+        f.input_limit = self.input_limit;
         Ok(f)
     }
 
@@ -298,6 +323,14 @@ impl Function {
         self
     }
 
+    /// Refuses calls whose input is larger than `bytes` (default
+    /// [`DEFAULT_INPUT_LIMIT`]) with [`Error::InputTooLarge`], before
+    /// anything runs.
+    pub fn input_limit(mut self, bytes: u64) -> Self {
+        self.input_limit = bytes;
+        self
+    }
+
     /// Stops a call that runs longer than `limit`.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
@@ -316,6 +349,7 @@ impl Function {
 
     /// Calls the function with `input` as its stdin, in a fresh IC.
     pub fn call(&self, input: &[u8]) -> Result<CallResult, Error> {
+        check_input(input, self.input_limit)?;
         let mut ic: Box<dyn IsolationContext> = match &self.source {
             Source::Snapshot(snapshot) => Box::new(icf::virtine::Virtine::from_snapshot(
                 snapshot.clone(),
@@ -359,6 +393,7 @@ impl Function {
         };
         Ok(FunctionPool {
             pool: vmm::pool::WarmPool::new(snapshot, config)?,
+            input_limit: self.input_limit,
         })
     }
 }
@@ -366,6 +401,7 @@ impl Function {
 /// A bounded pool of warm instances of a [`Function`] ([`Function::pool`]).
 pub struct FunctionPool {
     pool: vmm::pool::WarmPool,
+    input_limit: u64,
 }
 
 impl FunctionPool {
@@ -378,6 +414,7 @@ impl FunctionPool {
     /// thread, also while the guest waits in a host function. Use a new
     /// interrupter for every call.
     pub fn call_with(&self, input: &[u8], kill: &vmm::Interrupter) -> Result<CallResult, Error> {
+        check_input(input, self.input_limit)?;
         let o = self.pool.call_with(input, kill)?;
         Ok(CallResult {
             exit: o.exit,

@@ -50,6 +50,15 @@ enum Command {
     Images,
     /// Measure start-up and call costs against process and thread baselines.
     Bench(xos_vmm::bench::BenchArgs),
+    /// The benchmark's process-per-request HTTP server (baseline.cgi_rps).
+    #[command(hide = true)]
+    CgiBaseline {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The static native program run for every request.
+        program: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -199,6 +208,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Icfs { com } => icfs(com),
         Command::Images => images(),
+        Command::CgiBaseline { listen, program } => cgi_baseline(listen, &program),
         Command::Bench(args) => xos_vmm::bench::main(&args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Failure::from),
@@ -284,6 +294,21 @@ fn ic_failure(what: &str, e: IcfError) -> Failure {
         e @ IcfError::NotReady { .. } => usage(anyhow::anyhow!("{what}: {e}")),
         e => Failure::from(e),
     }
+}
+
+fn cgi_baseline(
+    listen: std::net::SocketAddr,
+    program: &std::path::Path,
+) -> Result<ExitCode, Failure> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!(
+        "xos-vmm: process per request for {} on http://{}",
+        program.display(),
+        listener.local_addr()?
+    );
+    xos_vmm::bench::cgi::serve(listener, program)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {

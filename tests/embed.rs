@@ -253,3 +253,57 @@ fn a_function_pool_serves_many_threads_and_can_kill_a_call() {
     let r = spin.call(b"get X").expect("call");
     assert_eq!(r.stdout, b"clean\n");
 }
+
+#[test]
+fn a_kill_ends_a_pooled_call_while_its_guest_waits_in_a_host_function() {
+    if !kvm_available() {
+        return;
+    }
+    let image = xos_images::find("secret-c").expect("secret-c");
+    let pool = Function::from_elf(image.bytes)
+        .expect("image")
+        .host_fn("nap", |_| {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(b"late".to_vec())
+        })
+        .host_fn("quick", |_| Ok(b"fast".to_vec()))
+        .pool(2)
+        .expect("pool");
+    assert_eq!(
+        pool.call(b"call quick").expect("call").stdout,
+        b"ret=4 out=fast\n"
+    );
+    let kill = xos_vmm::vmm::Interrupter::new();
+    let killer = kill.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        killer.kill();
+    });
+    let start = std::time::Instant::now();
+    let r = pool.call_with(b"call nap", &kill).expect("call");
+    t.join().expect("killer");
+    assert_eq!(r.exit, GuestExit::Killed);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    // The pool goes on with its other instance meanwhile.
+    assert_eq!(
+        pool.call(b"call quick").expect("call").stdout,
+        b"ret=4 out=fast\n"
+    );
+}
+
+#[test]
+fn oversize_input_is_refused_before_anything_runs() {
+    let image = xos_images::find("sum-c").expect("sum-c");
+    let f = Function::from_elf(image.bytes)
+        .expect("image")
+        .input_limit(10);
+    let err = f.call(b"1 2 3 4 5 6 7").err().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "the input is 13 bytes, more than the 10-byte input limit (Function::input_limit)"
+    );
+}

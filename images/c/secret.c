@@ -10,6 +10,7 @@
  *                 stack xmm" (shows the probe can see what it looks for)
  *   crash X       stores X, then dereferences a null pointer
  *   spin X        stores X, then loops forever
+ *   call NAME     calls the host function NAME and prints "ret=<r> out=<o>"
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +118,10 @@ int main(void)
     } else if (!strcmp(input, "crash")) {
         put(token);
         return *(volatile int *)0;
+    } else if (!strcmp(input, "call")) {
+        static char out[256];
+        long r = xos_host_call(token, "", 0, out, sizeof out - 1);
+        printf("ret=%ld out=%s\n", r, r > 0 ? out : "");
     } else if (!strcmp(input, "spin")) {
         put(token);
         for (;;)

@@ -27,8 +27,10 @@
 //! [`breakdown`]); they run only when FILTER starts with `breakdown`.
 
 pub mod breakdown;
+pub mod cgi;
 pub mod measure;
 pub mod server;
+pub mod throughput;
 
 use anyhow::Context;
 use std::io::Write;
@@ -62,20 +64,31 @@ pub const PROCESS_SAMPLES: usize = 10;
 /// Samples per round for the thread baseline.
 pub const THREAD_SAMPLES: usize = 100;
 
-/// Summary statistics of one benchmark, in nanoseconds (the `--json`
-/// record).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Summary statistics of one benchmark (the `--json` record): latencies in
+/// nanoseconds, or for throughput benchmarks `value` in requests per
+/// second (their latency fields are 0 and left out of the JSON).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// Benchmark name.
     pub name: String,
     /// Median sample.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub median_ns: u64,
     /// 10th percentile.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub p10_ns: u64,
     /// 90th percentile.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub p90_ns: u64,
-    /// Number of samples.
+    /// Throughput in requests per second (throughput benchmarks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Number of samples (requests, for throughput benchmarks).
     pub samples: usize,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Record {
@@ -91,8 +104,21 @@ impl Record {
             median_ns: percentile(&sorted, 50),
             p10_ns: percentile(&sorted, 10),
             p90_ns: percentile(&sorted, 90),
+            value: None,
             samples: sorted.len(),
         })
+    }
+
+    /// A throughput record.
+    pub fn throughput(name: &str, rps: f64, requests: u64) -> Record {
+        Record {
+            name: name.to_owned(),
+            median_ns: 0,
+            p10_ns: 0,
+            p90_ns: 0,
+            value: Some(rps),
+            samples: requests as usize,
+        }
     }
 }
 
@@ -196,8 +222,19 @@ pub struct Bar {
     pub numerator: &'static str,
     /// Denominator benchmark.
     pub denominator: &'static str,
-    /// The ratio must be at most this.
-    pub max: f64,
+    /// The bound on the ratio.
+    pub limit: f64,
+    /// Whether the ratio must be at most or at least `limit`.
+    pub kind: BarKind,
+}
+
+/// Which side of its limit a bar's ratio must be on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    /// Latency: the ratio must be at most the limit.
+    AtMost,
+    /// Throughput: the ratio must be at least the limit.
+    AtLeast,
 }
 
 /// The project's bars.
@@ -205,22 +242,32 @@ pub const BARS: &[Bar] = &[
     Bar {
         numerator: "virtine.cold",
         denominator: "baseline.fork_exec_wait",
-        max: 1.0,
+        limit: 1.0,
+        kind: BarKind::AtMost,
     },
     Bar {
         numerator: "virtine.hypercall_roundtrip",
         denominator: "kvm.exit_roundtrip",
-        max: 1.1,
+        limit: 1.1,
+        kind: BarKind::AtMost,
     },
     Bar {
         numerator: "virtine.warm_call",
         denominator: "kvm.exit_roundtrip",
-        max: 1.5,
+        limit: 1.5,
+        kind: BarKind::AtMost,
     },
     Bar {
         numerator: "virtine.warm_call",
         denominator: "baseline.fork_exec_wait",
-        max: 0.2,
+        limit: 0.2,
+        kind: BarKind::AtMost,
+    },
+    Bar {
+        numerator: "serve.rps",
+        denominator: "baseline.cgi_rps",
+        limit: 3.0,
+        kind: BarKind::AtLeast,
     },
 ];
 
@@ -243,9 +290,16 @@ pub enum BarResult {
 pub fn bar_result(bar: &Bar, records: &[Record]) -> BarResult {
     let find = |name: &str| records.iter().find(|r| r.name == name);
     match (find(bar.numerator), find(bar.denominator)) {
-        (Some(n), Some(d)) if d.median_ns > 0 && d.p10_ns > 0 => BarResult::Ratio {
-            median: n.median_ns as f64 / d.median_ns as f64,
-            p10: n.p10_ns as f64 / d.p10_ns as f64,
+        (Some(n), Some(d)) => match (n.value, d.value) {
+            (Some(nv), Some(dv)) if dv > 0.0 => BarResult::Ratio {
+                median: nv / dv,
+                p10: nv / dv,
+            },
+            (None, None) if d.median_ns > 0 && d.p10_ns > 0 => BarResult::Ratio {
+                median: n.median_ns as f64 / d.median_ns as f64,
+                p10: n.p10_ns as f64 / d.p10_ns as f64,
+            },
+            _ => BarResult::NotRun,
         },
         _ => BarResult::NotRun,
     }
@@ -295,8 +349,12 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
     if let (Err(e), false) = (&kvm, skipped.is_empty()) {
         eprintln!("KVM is not usable, skipping the KVM benchmarks: {e}");
     }
-    if plan.is_empty() && skipped.is_empty() {
-        let names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
+    let throughput_selected = ["serve.rps", "baseline.cgi_rps"]
+        .iter()
+        .any(|n| selected(n, filter));
+    if plan.is_empty() && skipped.is_empty() && !throughput_selected {
+        let mut names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
+        names.extend(["serve.rps", "baseline.cgi_rps"]);
         anyhow::bail!(
             "no benchmark matches '{}'; the benchmarks are: {}, and breakdown.* \
              (with a filter starting with 'breakdown')",
@@ -305,7 +363,27 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    let records = run_plan(&plan)?;
+    let mut records = run_plan(&plan)?;
+    let throughput: [(&str, fn() -> anyhow::Result<(f64, u64)>); 2] = [
+        ("serve.rps", throughput::serve_rps),
+        ("baseline.cgi_rps", throughput::cgi_rps),
+    ];
+    for (name, measure) in throughput {
+        if !selected(name, filter) {
+            continue;
+        }
+        if name == "serve.rps" && kvm.is_err() {
+            skipped.push(name);
+            continue;
+        }
+        if !throughput::wrk_available() {
+            eprintln!("{name}: skipped, wrk is not installed (apt-get install wrk)");
+            continue;
+        }
+        eprintln!("{name}: {} s under wrk", throughput::DURATION.as_secs());
+        let (rps, requests) = measure().with_context(|| format!("{name} failed"))?;
+        records.push(Record::throughput(name, rps, requests));
+    }
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -364,7 +442,7 @@ pub fn table(records: &[Record]) -> String {
         "{:<34} {:>11} {:>11} {:>11} {:>8}\n",
         "benchmark", "median µs", "p10 µs", "p90 µs", "samples"
     );
-    for r in records {
+    for r in records.iter().filter(|r| r.value.is_none()) {
         s += &format!(
             "{:<34} {:>11} {:>11} {:>11} {:>8}\n",
             r.name,
@@ -373,6 +451,21 @@ pub fn table(records: &[Record]) -> String {
             micros(r.p90_ns),
             r.samples
         );
+    }
+    let throughput: Vec<_> = records.iter().filter(|r| r.value.is_some()).collect();
+    if !throughput.is_empty() {
+        s += &format!(
+            "\n{:<34} {:>11} {:>11}\n",
+            "throughput", "requests/s", "requests"
+        );
+        for r in throughput {
+            s += &format!(
+                "{:<34} {:>11.0} {:>11}\n",
+                r.name,
+                r.value.unwrap_or_default(),
+                r.samples
+            );
+        }
     }
     s
 }
@@ -384,15 +477,20 @@ pub fn bar_lines(records: &[Record]) -> Vec<String> {
             let what = format!("{} / {}", bar.numerator, bar.denominator);
             match bar_result(bar, records) {
                 BarResult::Ratio { median, p10 } => {
-                    let verdict = if median <= bar.max {
-                        "bar met"
-                    } else {
-                        "bar MISSED"
+                    let (met, op) = match bar.kind {
+                        BarKind::AtMost => (median <= bar.limit, "<="),
+                        BarKind::AtLeast => (median >= bar.limit, ">="),
                     };
-                    format!(
-                        "{what} = {median:.3} (bar <= {:.1}): {verdict}  [p10 ratio {p10:.3}]",
-                        bar.max
-                    )
+                    let verdict = if met { "bar met" } else { "bar MISSED" };
+                    let limit = bar.limit;
+                    match bar.kind {
+                        BarKind::AtMost => format!(
+                            "{what} = {median:.3} (bar {op} {limit:.1}): {verdict}  [p10 ratio {p10:.3}]"
+                        ),
+                        BarKind::AtLeast => {
+                            format!("{what} = {median:.3} (bar {op} {limit:.1}): {verdict}")
+                        }
+                    }
                 }
                 BarResult::NotRun => format!("{what}: not measured in this run"),
             }
@@ -424,6 +522,7 @@ mod tests {
             median_ns,
             p10_ns: 100,
             p90_ns: 0,
+            value: None,
             samples: 1,
         };
         let records = vec![

@@ -17,8 +17,11 @@
 //! - **Registers.** General and special registers go back through the
 //!   `kvm_run` page with the next entry (no ioctl); the x87/SSE state with
 //!   one `KVM_SET_XSAVE`. Guests at CPL3 cannot change MSRs.
-//! - **Hand-offs** spin briefly before they block: waking a blocked thread
-//!   costs ~30 µs on the project's machines, about one VM exit.
+//! - **Hand-offs** spin briefly before they block when the pool is
+//!   otherwise idle: waking a blocked thread costs ~30 µs on the project's
+//!   machines, about one VM exit, so a lone caller gains a lot; under
+//!   concurrent load spinning would only burn the CPUs the calls need, so
+//!   then everyone blocks.
 //!
 //! An instance whose call ended in a fault, a timeout or a kill is not
 //! reused at all: it is torn down and a fresh one is made when needed.
@@ -44,9 +47,12 @@ use xos_abi::layout::{self, PAGE_SIZE};
 const WORKER_SPIN: Duration = Duration::from_micros(200);
 /// How long a caller spins for its result before it blocks.
 const CALLER_SPIN: Duration = Duration::from_micros(500);
-/// How long a caller waits for a stopped call before it reports the
+/// How long a caller waits for a timed-out call before it reports the
 /// timeout without it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a caller waits for a killed call before it reports the kill
+/// without it.
+const KILL_GRACE: Duration = Duration::from_millis(50);
 
 /// Errors of a warm pool.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +207,19 @@ struct Shared {
     idle: Mutex<Vec<Arc<Worker>>>,
     freed: Condvar,
     live: AtomicUsize,
+    /// Calls between their start and their result.
+    in_flight: AtomicUsize,
+}
+
+impl Shared {
+    /// `spin` when at most one call is in flight, else none.
+    fn spin_if_alone(&self, spin: Duration) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) <= 1 {
+            spin
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 /// A pool of warm instances of one snapshot.
@@ -229,6 +248,7 @@ impl WarmPool {
                 idle: Mutex::new(Vec::new()),
                 freed: Condvar::new(),
                 live: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
             }),
         };
         pool.shared.live.fetch_add(1, Ordering::SeqCst);
@@ -255,32 +275,38 @@ impl WarmPool {
         interrupter: &Interrupter,
     ) -> Result<CallOutcome, PoolError> {
         crate::interrupt::install_handler().map_err(RunError::from)?;
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.call_in_flight(input, interrupter);
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    fn call_in_flight(
+        &self,
+        input: &[u8],
+        interrupter: &Interrupter,
+    ) -> Result<CallOutcome, PoolError> {
         let worker = self.acquire()?;
         worker.requests.put(Request::Call {
             input: input.to_vec(),
             interrupter: interrupter.clone(),
         });
         let timeout = self.shared.config.timeout;
-        let reply = match worker
-            .replies
-            .take(CALLER_SPIN, timeout.map(|t| Instant::now() + t))
-        {
-            Some(r) => Some(r),
-            None => {
-                interrupter.stop(StopReason::Timeout);
-                worker
-                    .replies
-                    .take(Duration::ZERO, Some(Instant::now() + STOP_GRACE))
-            }
-        };
+        let spin = self.shared.spin_if_alone(CALLER_SPIN);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let reply = self.await_reply(&worker, spin, deadline, interrupter);
         let Some(reply) = reply else {
             // The worker is stuck in a host function; it ends the run
             // when that returns and then leaves the pool by itself.
-            return Ok(CallOutcome {
-                exit: GuestExit::TimedOut {
+            let exit = match interrupter.reason() {
+                StopReason::Kill => GuestExit::Killed,
+                _ => GuestExit::TimedOut {
                     limit: timeout.unwrap_or_default(),
                     regs: Box::default(),
                 },
+            };
+            return Ok(CallOutcome {
+                exit,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
                 stats: RunStats::default(),
@@ -291,6 +317,47 @@ impl WarmPool {
         }
         self.shared.freed.notify_one();
         Ok(reply.result?)
+    }
+
+    /// The worker's reply, stopping the call at `deadline` or when
+    /// `interrupter` is told to. A stopped call gets [`STOP_GRACE`] to end;
+    /// a call stuck in code the kick cannot interrupt (a host function that
+    /// sleeps) is answered without its result, and its worker leaves the
+    /// pool when that code returns.
+    fn await_reply(
+        &self,
+        worker: &Worker,
+        spin: Duration,
+        deadline: Option<Instant>,
+        interrupter: &Interrupter,
+    ) -> Option<Reply> {
+        // Wake up now and then to notice a kill: the interrupter cannot
+        // signal this wait.
+        const KILL_CHECK: Duration = Duration::from_millis(20);
+        let mut spin = spin;
+        loop {
+            let now = Instant::now();
+            match interrupter.reason() {
+                StopReason::None => {}
+                // A kill wants no partial output: a short grace.
+                StopReason::Kill => {
+                    return worker.replies.take(Duration::ZERO, Some(now + KILL_GRACE));
+                }
+                StopReason::Timeout => {
+                    return worker.replies.take(Duration::ZERO, Some(now + STOP_GRACE));
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                interrupter.stop(StopReason::Timeout);
+                return worker.replies.take(Duration::ZERO, Some(now + STOP_GRACE));
+            }
+            let slice = now + KILL_CHECK;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            if let Some(r) = worker.replies.take(spin, Some(until)) {
+                return Some(r);
+            }
+            spin = Duration::ZERO;
+        }
     }
 
     /// An idle instance, a new one if the pool may grow, or the next one to
@@ -372,7 +439,10 @@ fn serve(shared: &Shared, worker: &Worker, mut machine: Machine) {
     // monitor always writes: restored after every call.
     let mut written = vec![0u64; shared.page_index.len().div_ceil(64)];
     mark(&mut written, layout::BOOT_INFO, PAGE_SIZE);
-    while let Some(Request::Call { input, interrupter }) = worker.requests.take(WORKER_SPIN, None) {
+    while let Some(Request::Call { input, interrupter }) = worker
+        .requests
+        .take(shared.spin_if_alone(WORKER_SPIN), None)
+    {
         let (result, host_writes) = run_call(shared, &mut machine, input, &interrupter);
         let fit = matches!(
             &result,

@@ -80,6 +80,8 @@ const ALLOWED: &[i64] = &[
     libc::SYS_sigaltstack,
     libc::SYS_sched_yield,
     libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_close,
