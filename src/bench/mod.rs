@@ -144,6 +144,9 @@ enum Needs {
 /// A measurement: `samples` in, one duration in nanoseconds per sample out.
 type Measure = fn(usize) -> anyhow::Result<Vec<u64>>;
 
+/// A throughput measurement: requests per second and requests served.
+type ThroughputMeasure = fn() -> anyhow::Result<(f64, u64)>;
+
 /// One benchmark of the command line.
 struct Bench {
     name: &'static str,
@@ -364,7 +367,7 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let mut records = run_plan(&plan)?;
-    let throughput: [(&str, fn() -> anyhow::Result<(f64, u64)>); 2] = [
+    let throughput: [(&str, ThroughputMeasure); 2] = [
         ("serve.rps", throughput::serve_rps),
         ("baseline.cgi_rps", throughput::cgi_rps),
     ];
