@@ -301,7 +301,7 @@ fn oversize_input_is_refused_before_anything_runs() {
     let f = Function::from_elf(image.bytes)
         .expect("image")
         .input_limit(10);
-    let err = f.call(b"1 2 3 4 5 6 7").err().expect("refused");
+    let err = f.call(b"1 2 3 4 5 6 7").expect_err("refused");
     assert_eq!(
         err.to_string(),
         "the input is 13 bytes, more than the 10-byte input limit (Function::input_limit)"
