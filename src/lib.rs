@@ -9,15 +9,33 @@
 //! - [`Function`]: the embedding API: load a guest function once, call it
 //!   many times, each call in a fresh isolation context.
 //!
-//! ```no_run
+//! Load a function once, then serve calls from a bounded warm pool: each
+//! call runs in an instance restored at the guest's ready point and reset
+//! after it (this runs in the test suite, on real KVM):
+//!
+//! ```
+//! use std::time::Duration;
 //! use xos_vmm::Function;
-//! # fn main() -> Result<(), xos_vmm::Error> {
-//! let upper = Function::from_file("fn.elf")?
-//!     .host_fn("shout", |input| Ok(input.to_ascii_uppercase()))
-//!     .timeout(std::time::Duration::from_secs(1));
-//! let result = upper.call(b"hello")?;
-//! println!("exit {:?}, stdout {:?}", result.exit, String::from_utf8_lossy(&result.stdout));
-//! # Ok(()) }
+//! # if !xos_vmm::vmm::kvm::available_for_tests() { return Ok(()); }
+//! // Any static image built with xos-cc works; this one ships with xos-vmm.
+//! let image = xos_images::find("ready-c").expect("built-in example");
+//! let pool = Function::from_elf(image.bytes)?
+//!     .timeout(Duration::from_secs(1))
+//!     .output_limit(1 << 20)
+//!     .pool(2)?;
+//! let result = pool.call(b"hello")?;
+//! assert_eq!(
+//!     result.stdout,
+//!     b"inits=1 restored=1 table=68933650521 input=HELLO\n"
+//! );
+//!
+//! // Host functions the guest may call by name (bytes in, bytes out).
+//! let secret = xos_images::find("secret-c").expect("built-in example");
+//! let f = Function::from_elf(secret.bytes)?
+//!     .host_fn("shout", |input| Ok(input.to_ascii_uppercase()));
+//! let result = f.call(b"call shout")?;
+//! assert_eq!(result.stdout, b"ret=0 out=\n"); // "shout" got empty input
+//! # Ok::<(), xos_vmm::Error>(())
 //! ```
 #![deny(missing_docs)]
 
