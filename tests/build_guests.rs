@@ -2,22 +2,13 @@
 //! (`xos-cc`; a crate depending on `xos-guest` with the copied
 //! `.cargo/config.toml` and `build.rs`), then run by `xos-vmm`.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
+use support::{kvm_available, scratch};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
 
 fn run_image(image: &Path, args: &[&str], stdin: &str) -> (i32, String) {
     use std::io::Write;
@@ -147,7 +138,10 @@ fn main(args: xos_guest::Args) -> i32 {
     let linker_script = Path::new(REPO).join("guest-runtime/xos-guest.ld");
     let adjusted = build_rs.replace(
         "manifest_dir.join(\"../../guest-runtime/xos-guest.ld\")",
-        &format!("PathBuf::from({:?})", linker_script.display().to_string()),
+        &format!(
+            "{{ let _ = &manifest_dir; PathBuf::from({:?}) }}",
+            linker_script.display().to_string()
+        ),
     );
     assert_ne!(
         adjusted, build_rs,

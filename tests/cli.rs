@@ -1,36 +1,12 @@
 //! The `xos-vmm` command line end to end: real KVM, the example images
 //! built by the normal build, real stdin/stdout/exit codes.
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
-
-fn xos(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn xos-vmm");
-    let mut pipe = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait");
-    writer.join().expect("stdin writer");
-    out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::{kvm_available, text, xos};
 
 #[track_caller]
 fn expect(out: &Output, code: i32, stdout: &str) {

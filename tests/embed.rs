@@ -1,15 +1,12 @@
 //! The embedding API: load once, call many times, host functions, limits.
 
+mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::kvm_available;
 use xos_vmm::vmm::GuestExit;
 use xos_vmm::Function;
-
-/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
 
 fn faults() -> Function {
     let image = xos_images::find("faults-c").expect("faults-c built");

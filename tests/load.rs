@@ -1,8 +1,9 @@
 //! `xos-vmm serve` under a real load generator (wrk, from Debian) on
 //! loopback for a fixed time: every request must succeed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 
 #[test]
 fn serve_survives_wrk_with_zero_failed_requests() {
@@ -16,29 +17,8 @@ fn serve_survives_wrk_with_zero_failed_requests() {
         eprintln!("\n!!! SKIPPING THE LOAD TEST: wrk is not installed\n");
         return;
     }
-    let mut server = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--instances",
-            "2",
-            "@ready-c",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn xos-vmm serve");
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let line = lines.next().expect("server line").expect("readable");
-    std::thread::spawn(move || for _ in lines {});
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_owned();
+    let server = support::Server::start(&["--instances", "2", "@ready-c"]);
+    let addr = server.addr;
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let script = dir.join("post.lua");
     std::fs::write(
@@ -52,8 +32,7 @@ fn serve_survives_wrk_with_zero_failed_requests() {
         .arg(format!("http://{addr}/"))
         .output()
         .expect("wrk");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}");
     assert!(out.status.success(), "wrk failed: {text}");

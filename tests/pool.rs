@@ -2,16 +2,14 @@
 //! the snapshot; nothing of one call is visible to the next; failures are
 //! contained.
 
+mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::kvm_available;
 use xos_vmm::vmm::pool::{PoolConfig, WarmPool};
 use xos_vmm::vmm::snapshot::Snapshot;
 use xos_vmm::vmm::GuestExit;
 use xos_vmm::Function;
-
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
 
 fn snapshot_of(image: &str) -> Arc<Snapshot> {
     let bytes = xos_images::find(image).expect("image built").bytes;

@@ -2,62 +2,12 @@
 //! limits, timeouts that do not disturb other requests, and a graceful
 //! shutdown that finishes in-flight requests.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
-
-/// A running `xos-vmm serve`, stopped (SIGTERM) when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn xos-vmm serve");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let line = lines
-            .next()
-            .expect("a line from the server")
-            .expect("readable");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in: {line}"))
-            .parse()
-            .expect("socket address");
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{kvm_available, Server};
 
 /// A parsed HTTP response.
 struct Reply {

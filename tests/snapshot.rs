@@ -1,43 +1,10 @@
 //! `xos-vmm snapshot` and `xos-vmm run --from-snapshot` end to end, and the
 //! clear refusal of every kind of bad snapshot file.
 
-use std::io::Write;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-/// Runs KVM tests, or skips them loudly (fails under `XOS_REQUIRE_KVM=1`).
-fn kvm_available() -> bool {
-    xos_vmm::vmm::kvm::available_for_tests()
-}
-
-fn xos(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xos-vmm"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn xos-vmm");
-    let mut pipe = child.stdin.take().expect("stdin");
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait");
-    writer.join().expect("stdin writer");
-    out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
+use support::{kvm_available, scratch, text, xos};
 
 fn take_snapshot(dir: &Path) -> PathBuf {
     let snap = dir.join("ready.snap");
