@@ -61,20 +61,27 @@ enum Command {
     },
 }
 
+/// Options every command that starts a guest takes.
 #[derive(Args)]
-struct RunArgs {
+struct GuestOptions {
     /// Isolation context factory to run in (see `xos-vmm icfs`).
     #[arg(long, value_name = "NAME", default_value = "virtine")]
     icf: String,
     /// Guest memory limit, e.g. 16M, 256MiB, 1G (rounded up to 2 MiB; 4 MiB..16 GiB).
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
     mem: Option<u64>,
-    /// Stop the guest after this long (exit code 124), e.g. 500ms, 5s.
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
-    timeout: Option<Duration>,
     /// Add KEY=VALUE to the guest's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    guest: GuestOptions,
+    /// Stop the guest after this long (exit code 124), e.g. 500ms, 5s.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    timeout: Option<Duration>,
     /// Print exits, hypercalls and timings to stderr when the guest ends.
     #[arg(long)]
     stats: bool,
@@ -96,18 +103,14 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Isolation context factory (see `xos-vmm icfs`).
-    #[arg(long, value_name = "NAME", default_value = "virtine")]
-    icf: String,
+    #[command(flatten)]
+    guest: GuestOptions,
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
     #[arg(long, value_name = "ADDR")]
     listen: std::net::SocketAddr,
     /// Warm instances at most (requests beyond wait for one).
     #[arg(long, value_name = "N", default_value_t = 4)]
     instances: usize,
-    /// Guest memory limit, e.g. 16M, 256MiB, 1G.
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
-    mem: Option<u64>,
     /// Stop a request's guest after this long (HTTP 504).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "10s")]
     timeout: Duration,
@@ -117,9 +120,6 @@ struct ServeArgs {
     /// Largest response a guest may produce (HTTP 502 beyond).
     #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "16M")]
     max_output: u64,
-    /// Add KEY=VALUE to the guest's environment (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
     /// The guest image (a static ELF built by xos-cc, or @NAME).
     file: String,
     /// Arguments passed to the guest (after `--`).
@@ -133,18 +133,11 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct SnapshotArgs {
-    /// Isolation context factory (see `xos-vmm icfs`).
-    #[arg(long, value_name = "NAME", default_value = "virtine")]
-    icf: String,
-    /// Guest memory limit, e.g. 16M, 256MiB, 1G.
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
-    mem: Option<u64>,
+    #[command(flatten)]
+    guest: GuestOptions,
     /// Stop the guest if it has not reached its ready point after this long.
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     timeout: Option<Duration>,
-    /// Add KEY=VALUE to the guest's environment (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
     /// Where to write the snapshot.
     #[arg(short, long, value_name = "SNAPSHOT")]
     output: PathBuf,
@@ -314,13 +307,13 @@ fn cgi_baseline(
 fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     use xos_vmm::serve::{serve, shutdown_signal, Backend, ServeConfig};
     let registry = Registry::builtin();
-    resolve(&registry, &args.icf)?;
-    let spec = spec_for(&args.file, args.mem, None, args.env, args.args)?;
+    resolve(&registry, &args.guest.icf)?;
+    let spec = spec_for(&args.file, args.guest.mem, None, args.guest.env, args.args)?;
     if args.instances == 0 {
         return Err(usage(anyhow::anyhow!("--instances must be at least 1")));
     }
     let function = xos_vmm::Function::from_program(spec.program.clone())
-        .and_then(|f| f.on(&registry, &args.icf))
+        .and_then(|f| f.on(&registry, &args.guest.icf))
         .map_err(Failure::from)?
         .args(spec.args)
         .env(spec.env)
@@ -353,8 +346,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
 
 fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
     let registry = Registry::builtin();
-    let factory = resolve(&registry, &args.icf)?;
-    let spec = spec_for(&args.file, args.mem, args.timeout, args.env, args.args)?;
+    let factory = resolve(&registry, &args.guest.icf)?;
+    let spec = spec_for(&args.file, args.guest.mem, args.timeout, args.guest.env, args.args)?;
     let ic = factory.create(spec)?;
     let state = ic.dump().map_err(|e| ic_failure(&args.file, e))?;
     std::fs::write(&args.output, &state)
@@ -370,7 +363,7 @@ fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let registry = Registry::builtin();
-    let factory = resolve(&registry, &args.icf)?;
+    let factory = resolve(&registry, &args.guest.icf)?;
     let (mut ic, what) = match (&args.from_snapshot, args.file) {
         (Some(path), file) => {
             if file.is_some() || !args.args.is_empty() {
@@ -385,7 +378,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             (ic, what)
         }
         (None, Some(file)) => {
-            let spec = spec_for(&file, args.mem, args.timeout, args.env, args.args)?;
+            let spec = spec_for(&file, args.guest.mem, args.timeout, args.guest.env, args.args)?;
             (factory.create(spec)?, file)
         }
         (None, None) => {
