@@ -347,7 +347,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
 fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
     let registry = Registry::builtin();
     let factory = resolve(&registry, &args.guest.icf)?;
-    let spec = spec_for(&args.file, args.guest.mem, args.timeout, args.guest.env, args.args)?;
+    let spec = spec_for(
+        &args.file,
+        args.guest.mem,
+        args.timeout,
+        args.guest.env,
+        args.args,
+    )?;
     let ic = factory.create(spec)?;
     let state = ic.dump().map_err(|e| ic_failure(&args.file, e))?;
     std::fs::write(&args.output, &state)
@@ -378,7 +384,13 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             (ic, what)
         }
         (None, Some(file)) => {
-            let spec = spec_for(&file, args.guest.mem, args.timeout, args.guest.env, args.args)?;
+            let spec = spec_for(
+                &file,
+                args.guest.mem,
+                args.timeout,
+                args.guest.env,
+                args.args,
+            )?;
             (factory.create(spec)?, file)
         }
         (None, None) => {

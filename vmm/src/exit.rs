@@ -200,6 +200,8 @@ pub fn describe_address(addr: u64, mem_size: u64) -> &'static str {
         "null pointer dereference"
     } else if addr < layout::SYSTEM_END {
         "the supervisor-only system area"
+    } else if (layout::RESUME_PAGE..layout::RESUME_PAGE + layout::PAGE_SIZE).contains(&addr) {
+        "the monitor's read-only resume page"
     } else if (layout::STACK_GUARD..layout::STACK_BOTTOM).contains(&addr) {
         "stack overflow (the stack guard page)"
     } else if addr < layout::STACK_BOTTOM {

@@ -44,6 +44,10 @@ pub mod layout {
     pub const SYSTEM_END: u64 = 0x2_0000;
     /// The [`crate::BootInfo`] page (user read/write).
     pub const BOOT_INFO: u64 = 0x2_0000;
+    /// The monitor's resume page: readable and executable by the guest, not
+    /// writable. Warm pools keep the snapshot's x87/SSE state and a resume
+    /// trampoline here.
+    pub const RESUME_PAGE: u64 = 0x2_1000;
     /// Unmapped page below the stack: a stack overflow faults here.
     pub const STACK_GUARD: u64 = 0x3_0000;
     /// Lowest stack address (inclusive).

@@ -29,6 +29,9 @@ pub enum LowPage {
     Supervisor,
     /// Present, writable, user accessible.
     User,
+    /// Present, user readable and executable, not writable (CR0.WP makes
+    /// that hold at CPL0 too).
+    UserReadOnly,
 }
 
 /// The mapping of the 4 KiB page at `addr` (`addr < 2 MiB`).
@@ -37,6 +40,7 @@ pub fn low_page(addr: u64) -> LowPage {
         a if a < layout::SYSTEM_START => LowPage::Unmapped,
         a if a < layout::SYSTEM_END => LowPage::Supervisor,
         a if a < layout::BOOT_INFO + layout::PAGE_SIZE => LowPage::User,
+        a if a < layout::RESUME_PAGE + layout::PAGE_SIZE => LowPage::UserReadOnly,
         a if a < layout::STACK_BOTTOM => LowPage::Unmapped,
         _ => LowPage::User,
     }
@@ -73,6 +77,7 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
             LowPage::Unmapped => 0,
             LowPage::Supervisor => addr | PRESENT | WRITABLE,
             LowPage::User => addr | PRESENT | WRITABLE | USER,
+            LowPage::UserReadOnly => addr | PRESENT | USER,
         };
     }
     write_table(mem, system::PT_LOW, &pt)?;
@@ -103,10 +108,10 @@ fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: &[u64; 512]) -> Result
     write_bytes(mem, addr, &bytes)
 }
 
-/// True when guest code at CPL3 can access every byte of `[addr, addr+len)`
-/// in a guest with `mem_size` bytes of memory. The monitor applies the same
-/// rule to hypercall pointers, so a guest cannot make the host read or write
-/// anything the guest itself could not.
+/// True when guest code at CPL3 can read and write every byte of
+/// `[addr, addr+len)` in a guest with `mem_size` bytes of memory. The
+/// monitor applies the same rule to hypercall pointers, so a guest cannot
+/// make the host read or write anything the guest itself could not.
 pub fn user_accessible(addr: u64, len: u64, mem_size: u64) -> bool {
     let Some(end) = addr.checked_add(len) else {
         return false;
@@ -139,7 +144,8 @@ mod tests {
         assert_eq!(low_page(system::PML4), LowPage::Supervisor);
         assert_eq!(low_page(0x1f000), LowPage::Supervisor);
         assert_eq!(low_page(layout::BOOT_INFO), LowPage::User);
-        assert_eq!(low_page(layout::BOOT_INFO + 0x1000), LowPage::Unmapped);
+        assert_eq!(low_page(layout::RESUME_PAGE), LowPage::UserReadOnly);
+        assert_eq!(low_page(layout::RESUME_PAGE + 0x1000), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_GUARD), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_BOTTOM), LowPage::User);
         assert_eq!(low_page(layout::IMAGE_BASE), LowPage::User);
@@ -151,6 +157,7 @@ mod tests {
         assert!(user_accessible(layout::IMAGE_BASE, 100, mem));
         assert!(user_accessible(layout::BOOT_INFO, 4096, mem));
         assert!(!user_accessible(layout::BOOT_INFO, 4097, mem));
+        assert!(!user_accessible(layout::RESUME_PAGE, 8, mem));
         assert!(!user_accessible(0, 1, mem));
         assert!(!user_accessible(system::PML4, 8, mem));
         assert!(!user_accessible(layout::STACK_GUARD + 8, 8, mem));
