@@ -27,7 +27,7 @@ const REQUIRED_C: &[&str] = &[
     "echo", "faults", "hcloop", "hello", "noop", "ready", "secret", "sum", "trivial", "wc",
 ];
 /// Binaries of `images/rust` that must be built.
-const REQUIRED_RUST: &[&str] = &["hello", "sum", "wc"];
+const REQUIRED_RUST: &[&str] = &["hello", "ready", "sum", "wc"];
 /// Binaries of `images/rust` that are included when they exist.
 const OPTIONAL_RUST: &[&str] = &["panic"];
 /// Lowest address an image segment may use (`xos_abi::layout::IMAGE_BASE`).

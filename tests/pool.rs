@@ -140,3 +140,32 @@ fn concurrent_callers_share_a_bounded_pool() {
     }
     assert!(p.instances() <= 2, "{} instances", p.instances());
 }
+
+#[test]
+fn instances_share_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    // Two instances of the same snapshot: while one holds a secret (its
+    // guest spins with it in memory and registers), the other finds none.
+    let snapshot = snapshot_of("secret-c");
+    let config = PoolConfig {
+        max_instances: 1,
+        timeout: Some(Duration::from_millis(800)),
+        ..PoolConfig::default()
+    };
+    let a = Arc::new(WarmPool::new(snapshot.clone(), config.clone()).expect("pool a"));
+    let b = WarmPool::new(snapshot, config).expect("pool b");
+    let holder = {
+        let a = a.clone();
+        std::thread::spawn(move || a.call(b"spin SHARED-SECRET").expect("call"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(out(&b, "get SHARED-SECRET"), "clean\n");
+    let held = holder.join().expect("holder");
+    assert!(
+        matches!(held.exit, GuestExit::TimedOut { .. }),
+        "{}",
+        held.exit
+    );
+}

@@ -41,6 +41,33 @@ fn runs_from_a_snapshot_skip_initialisation_and_get_fresh_input() {
 }
 
 #[test]
+fn rust_guests_have_the_same_ready_point() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("snapshot-rust");
+    let snap = dir.join("ready-rs.snap");
+    let out = xos(
+        &["snapshot", "@ready-rs", "-o", snap.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for input in ["rust", "again"] {
+        let out = xos(
+            &["run", "--from-snapshot", snap.to_str().unwrap()],
+            input.as_bytes(),
+        );
+        assert_eq!(
+            text(&out.stdout),
+            format!(
+                "inits=1 restored=1 table=68933650521 input={}\n",
+                input.to_uppercase()
+            )
+        );
+    }
+}
+
+#[test]
 fn a_guest_without_a_ready_point_cannot_be_snapshotted() {
     if !kvm_available() {
         return;
