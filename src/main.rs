@@ -186,7 +186,26 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// The hidden first argument that turns this program into a process IC
+/// (see `icf::process`).
+const PROCESS_IC: &str = "__process-ic";
+
+/// The registry, with this program as the process factory's helper.
+fn registry() -> Registry {
+    let helper = std::env::current_exe()
+        .ok()
+        .map(|program| xos_vmm::icf::process::Helper {
+            program,
+            args: vec![PROCESS_IC.into()],
+        });
+    Registry::with_process_helper(helper)
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(PROCESS_IC)) {
+        xos_vmm::icf::process::child::main(args.collect());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("XOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -306,7 +325,7 @@ fn cgi_baseline(
 
 fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     use xos_vmm::serve::{serve, shutdown_signal, Backend, ServeConfig};
-    let registry = Registry::builtin();
+    let registry = registry();
     resolve(&registry, &args.guest.icf)?;
     let spec = spec_for(&args.file, args.guest.mem, None, args.guest.env, args.args)?;
     if args.instances == 0 {
@@ -345,7 +364,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
 }
 
 fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
-    let registry = Registry::builtin();
+    let registry = registry();
     let factory = resolve(&registry, &args.guest.icf)?;
     let spec = spec_for(
         &args.file,
@@ -368,7 +387,7 @@ fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let registry = Registry::builtin();
+    let registry = registry();
     let factory = resolve(&registry, &args.guest.icf)?;
     let (mut ic, what) = match (&args.from_snapshot, args.file) {
         (Some(path), file) => {
@@ -417,7 +436,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 }
 
 fn icfs(com: bool) -> Result<ExitCode, Failure> {
-    let registry = Registry::builtin();
+    let registry = registry();
     println!("{:<10} {:<12} DESCRIPTION", "ICF", "STATUS");
     for info in registry.get_icfs() {
         match &info.availability {

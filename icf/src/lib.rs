@@ -14,12 +14,14 @@
 //! | `register_com(a, b)` | [`Registry::register_com`], table in [`com`] |
 //! | `mutate(a, b)` | [`Registry::mutate`], through [`IsolationContextFactory::convert_to_process`] and [`IsolationContextFactory::convert_from_process`] |
 //!
-//! Factories: [`virtine`] (a fresh micro-VM per run).
+//! Factories: [`virtine`] (a fresh micro-VM per run), [`process`] (a host
+//! process running the same image, for comparison; the `mutate` pivot).
 #![deny(missing_docs)]
 
 pub mod com;
 pub mod error;
 pub mod factory;
+pub mod process;
 pub mod registry;
 pub mod virtine;
 

@@ -55,12 +55,25 @@ impl Registry {
     }
 
     /// The registry with every factory built into xos-vmm and their
-    /// communication mechanisms.
+    /// communication mechanisms. The process factory needs a helper
+    /// program ([`Registry::with_process_helper`]); without one it is
+    /// registered but unavailable.
     pub fn builtin() -> Self {
+        Self::with_process_helper(None)
+    }
+
+    /// Like [`Registry::builtin`], with the program process ICs exec.
+    pub fn with_process_helper(helper: Option<crate::process::Helper>) -> Self {
         let mut r = Registry::new();
-        // Registering into an empty registry cannot collide.
+        // Registering distinct names into an empty registry cannot collide.
         let _ = r.register(Arc::new(crate::virtine::VirtineFactory));
+        let process = match helper {
+            Some(h) => crate::process::ProcessFactory::new(h),
+            None => crate::process::ProcessFactory::default(),
+        };
+        let _ = r.register(Arc::new(process));
         r.register_com("virtine", "host", ComMechanism::HypercallRelay);
+        r.register_com("process", "host", ComMechanism::HypercallRelay);
         r
     }
 

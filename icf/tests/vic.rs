@@ -140,7 +140,10 @@ fn mutate_goes_through_the_pivot_and_reports_what_is_missing() {
     if !kvm_available() {
         return;
     }
-    let mut registry = Registry::builtin();
+    let mut registry = Registry::new();
+    registry
+        .register(Arc::new(icf::virtine::VirtineFactory))
+        .expect("register");
     registry.register(Arc::new(FakeProcess)).expect("register");
     let factory = registry.resolve("virtine").expect("virtine");
     let ic = factory.create(IcSpec::new(exit9())).expect("create");

@@ -138,6 +138,14 @@ pub enum Fault {
     },
     /// Any other exit the monitor does not expect from a guest.
     UnexpectedExit(String),
+    /// A guest running in a host process (or thread) received a fatal
+    /// signal: SIGSEGV, SIGILL, SIGFPE, SIGBUS or SIGTRAP.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// The faulting address, where the signal has one.
+        addr: u64,
+    },
 }
 
 /// How a guest run ended.
@@ -188,6 +196,7 @@ impl GuestExit {
                     1 | 3 => 128 + libc::SIGTRAP,
                     _ => 128 + libc::SIGSEGV,
                 },
+                Fault::Signal { signal, .. } => 128 + signal,
                 _ => 128 + libc::SIGSEGV,
             },
         }
@@ -286,6 +295,24 @@ impl fmt::Display for GuestExit {
                     )?,
                     Fault::CorruptOutput(m) => {
                         write!(f, "guest fault: corrupt output buffer: {m} (rip={:#x})", regs.rip)?
+                    }
+                    Fault::Signal { signal, addr } => {
+                        let name = match *signal {
+                            libc::SIGSEGV => "SIGSEGV (memory fault)",
+                            libc::SIGBUS => "SIGBUS (bus error)",
+                            libc::SIGILL => "SIGILL (invalid instruction)",
+                            libc::SIGFPE => "SIGFPE (arithmetic fault)",
+                            libc::SIGTRAP => "SIGTRAP (trap)",
+                            _ => "a fatal signal",
+                        };
+                        write!(f, "guest fault: {name} at rip={:#x}", regs.rip)?;
+                        if *addr != 0 || *signal == libc::SIGSEGV {
+                            write!(
+                                f,
+                                ", address {addr:#x} ({})",
+                                describe_address(*addr, *mem_size)
+                            )?;
+                        }
                     }
                     Fault::UnexpectedExit(m) => {
                         write!(f, "guest fault: unexpected exit {m} at rip={:#x}", regs.rip)?

@@ -222,6 +222,9 @@ pub struct GuestIo {
     pub stdout: Box<dyn Write + Send>,
     /// Standard error.
     pub stderr: Box<dyn Write + Send>,
+    /// The streams are the monitor process's own (so an IC in another
+    /// process can simply inherit them).
+    inherited: bool,
 }
 
 impl GuestIo {
@@ -231,7 +234,27 @@ impl GuestIo {
             stdin: Box::new(HostStdin),
             stdout: Box::new(HostFd(1)),
             stderr: Box::new(HostFd(2)),
+            inherited: true,
         }
+    }
+
+    /// Streams of the caller's choosing.
+    pub fn new(
+        stdin: Box<dyn GuestInput>,
+        stdout: Box<dyn Write + Send>,
+        stderr: Box<dyn Write + Send>,
+    ) -> Self {
+        GuestIo {
+            stdin,
+            stdout,
+            stderr,
+            inherited: false,
+        }
+    }
+
+    /// True for [`GuestIo::inherit`]: the monitor process's own streams.
+    pub fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Input from `input`; output captured in the returned buffers
@@ -240,11 +263,11 @@ impl GuestIo {
         let out = SharedBuffer::new();
         let err = SharedBuffer::new();
         (
-            GuestIo {
-                stdin: Box::new(BytesInput::new(input)),
-                stdout: Box::new(out.clone()),
-                stderr: Box::new(err.clone()),
-            },
+            GuestIo::new(
+                Box::new(BytesInput::new(input)),
+                Box::new(out.clone()),
+                Box::new(err.clone()),
+            ),
             out,
             err,
         )

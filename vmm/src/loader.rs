@@ -369,6 +369,11 @@ impl Program {
         })
     }
 
+    /// The image file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// The entry point.
     pub fn entry(&self) -> u64 {
         self.entry

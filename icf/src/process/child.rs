@@ -1,0 +1,379 @@
+//! Inside a process IC: maps the guest layout at its fixed addresses in
+//! this (fresh, single-threaded) process, loads the image, and jumps to
+//! it. The guest's doorbell write hits a page mapped with no access; the
+//! SIGSEGV handler decodes the write, serves the hypercall with the same
+//! server the monitor uses for VMs, and resumes the guest after the
+//! instruction. Any other fatal signal ends the IC as a fault.
+//!
+//! Results go to the parent on the status fd as one line: `exit N`,
+//! `abort MESSAGE`, `fault TEXT` or `signal SIG ADDR RIP RSP RFLAGS` and
+//! the 15 general registers in `GuestRegs` order (rax, rbx, rcx, rdx, rsi,
+//! rdi, rbp, r8..r15).
+
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vmm::hypercall::{Hypercalls, Next};
+use vmm::layout::{BootSetup, GuestLayout};
+use vmm::{GuestIo, HostFunctions, Program};
+use xos_abi::{layout, DOORBELL};
+
+/// The fd the parent passes the image on.
+pub const IMAGE_FD: i32 = 3;
+/// The fd the child reports its result on.
+pub const STATUS_FD: i32 = 4;
+/// Lowest address of the guest mapping (`vm.mmap_min_addr` is 64 KiB).
+const MAP_BASE: u64 = 0x1_0000;
+
+/// What the signal handler needs.
+struct Child {
+    mem: GuestMemoryMmap,
+    hypercalls: Hypercalls,
+}
+
+static CHILD: AtomicPtr<Child> = AtomicPtr::new(ptr::null_mut());
+
+/// Reports `line` to the parent and ends the process with `code`.
+fn finish(line: &str, code: i32) -> ! {
+    // SAFETY: STATUS_FD was dup'ed for us by the parent; it is not used
+    // elsewhere in this process. ManuallyDrop: _exit follows anyway.
+    let mut status = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(STATUS_FD) });
+    let _ = status.write_all(format!("{}\n", line.replace('\n', " ")).as_bytes());
+    // SAFETY: ends the process without running destructors or atexit
+    // handlers, which is what a guest's exit means here.
+    unsafe { libc::_exit(code) }
+}
+
+fn fail(what: &str) -> ! {
+    finish(&format!("error {what}"), 1)
+}
+
+/// Runs the IC. `args` are the helper's arguments after its subcommand:
+/// `--mem BYTES [--env K=V]... -- ARGV...`.
+pub fn main(args: Vec<std::ffi::OsString>) -> ! {
+    use std::os::unix::ffi::OsStringExt;
+    let mut mem_size = vmm::memory::DEFAULT_MEM_SIZE;
+    let mut env = Vec::new();
+    let mut argv = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--mem") => {
+                mem_size = it
+                    .next()
+                    .and_then(|v| v.to_str()?.parse().ok())
+                    .unwrap_or_else(|| fail("--mem needs a number"));
+            }
+            Some("--env") => env.push(it.next().unwrap_or_default().into_vec()),
+            Some("--") => {
+                argv = it.by_ref().map(OsStringExt::into_vec).collect();
+                break;
+            }
+            _ => fail("unknown argument"),
+        }
+    }
+    let mut image = Vec::new();
+    // SAFETY: IMAGE_FD was dup'ed for us by the parent and is ours.
+    let mut file = unsafe { std::fs::File::from_raw_fd(IMAGE_FD) };
+    if let Err(e) = file.read_to_end(&mut image) {
+        fail(&format!("cannot read the image: {e}"));
+    }
+    drop(file);
+    let program = Program::parse(image).unwrap_or_else(|e| fail(&e.to_string()));
+    let mem_size = vmm::memory::checked_size(mem_size).unwrap_or_else(|e| fail(&e.to_string()));
+    let mem = map_guest(mem_size);
+
+    let setup = BootSetup {
+        program: &program,
+        args: &argv,
+        env: &env,
+    };
+    let mut stdin = vmm::io::HostStdin;
+    let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut stdin)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let child = Box::new(Child {
+        mem,
+        hypercalls: Hypercalls::new(layout, GuestIo::inherit(), HostFunctions::new()),
+    });
+    CHILD.store(Box::into_raw(child), Ordering::SeqCst);
+    install_handlers();
+    enter(program.entry())
+}
+
+/// Maps `[MAP_BASE, mem_size)` readable, writable and executable (like
+/// guest memory in a VM, which has no NX), the stack guard with no access,
+/// and the doorbell page with no access.
+fn map_guest(mem_size: u64) -> GuestMemoryMmap {
+    let len = (mem_size - MAP_BASE) as usize;
+    let fixed = |addr: u64, len: usize, prot: i32| {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
+        // the result is checked to be exactly the requested address.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p != addr as *mut libc::c_void {
+            fail(&format!(
+                "cannot map guest memory at {addr:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    };
+    fixed(
+        MAP_BASE,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+    );
+    fixed(DOORBELL, layout::PAGE_SIZE as usize, libc::PROT_NONE);
+    // SAFETY: the guard page lies inside the mapping made just above.
+    unsafe {
+        libc::mprotect(
+            layout::STACK_GUARD as *mut libc::c_void,
+            layout::PAGE_SIZE as usize,
+            libc::PROT_NONE,
+        )
+    };
+    // SAFETY: the range was mapped above with these protections and stays
+    // mapped for the life of the process (the region does not own it).
+    let region = unsafe {
+        MmapRegion::build_raw(
+            MAP_BASE as *mut u8,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+    }
+    .unwrap_or_else(|e| fail(&format!("guest memory: {e}")));
+    let region = GuestRegionMmap::new(region, GuestAddress(MAP_BASE))
+        .unwrap_or_else(|| fail("guest memory region"));
+    GuestMemoryMmap::from_regions(vec![region])
+        .unwrap_or_else(|e| fail(&format!("guest memory: {e}")))
+}
+
+fn install_handlers() {
+    const STACK: usize = 256 << 10;
+    // SAFETY: a fresh anonymous mapping used only as the signal stack.
+    let stack = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        fail("cannot map the signal stack");
+    }
+    let ss = libc::stack_t {
+        ss_sp: stack,
+        ss_flags: 0,
+        ss_size: STACK,
+    };
+    // SAFETY: `ss` describes the mapping above.
+    unsafe { libc::sigaltstack(&ss, ptr::null_mut()) };
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+    ] {
+        // SAFETY: installs `on_signal` (an extern "C" handler with the
+        // SA_SIGINFO signature) on the alternate stack.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, ptr::null_mut());
+        }
+    }
+}
+
+/// Jumps to the guest's entry at CPL3 in this process, with the ABI's entry
+/// state (RSP at the stack top, RDI = BootInfo). Never returns: the guest
+/// leaves through a hypercall or a fault.
+fn enter(entry: u64) -> ! {
+    // SAFETY: the guest's memory is mapped, loaded and set up; from here on
+    // this thread runs guest code until the process ends.
+    unsafe {
+        std::arch::asm!(
+            "mov rsp, {stack}",
+            "xor ebp, ebp",
+            "jmp {entry}",
+            stack = in(reg) layout::STACK_TOP,
+            entry = in(reg) entry,
+            in("rdi") layout::BOOT_INFO,
+            options(noreturn)
+        )
+    }
+}
+
+/// `libc` indices of the general registers in `ucontext_t`, in the
+/// instruction encoding's order (rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi,
+/// r8..r15).
+const GREGS: [usize; 16] = [
+    libc::REG_RAX as usize,
+    libc::REG_RCX as usize,
+    libc::REG_RDX as usize,
+    libc::REG_RBX as usize,
+    libc::REG_RSP as usize,
+    libc::REG_RBP as usize,
+    libc::REG_RSI as usize,
+    libc::REG_RDI as usize,
+    libc::REG_R8 as usize,
+    libc::REG_R9 as usize,
+    libc::REG_R10 as usize,
+    libc::REG_R11 as usize,
+    libc::REG_R12 as usize,
+    libc::REG_R13 as usize,
+    libc::REG_R14 as usize,
+    libc::REG_R15 as usize,
+];
+
+/// Decodes the doorbell write at the start of `code`: `mov dword [reg],
+/// r32` (opcode 0x89, optional REX, ModRM with any addressing form) or
+/// `movabs [moffs64], eax` (0xa3). Returns the source register (encoding
+/// order) and the instruction's length.
+pub fn decode_doorbell_write(code: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    let mut rex = 0u8;
+    if let Some(&b) = code.first() {
+        if (0x40..=0x4f).contains(&b) {
+            rex = b;
+            i = 1;
+        }
+    }
+    match *code.get(i)? {
+        0xa3 => Some((0, i + 1 + 8)),
+        0x89 => {
+            let modrm = *code.get(i + 1)?;
+            let md = modrm >> 6;
+            let reg = ((modrm >> 3) & 7) as usize + if rex & 4 != 0 { 8 } else { 0 };
+            let rm = modrm & 7;
+            let mut len = i + 2;
+            if md == 3 {
+                return None; // a register destination is not a memory write
+            }
+            if rm == 4 {
+                let sib = *code.get(len)?;
+                len += 1;
+                if md == 0 && sib & 7 == 5 {
+                    len += 4;
+                }
+            } else if md == 0 && rm == 5 {
+                len += 4; // RIP-relative
+            }
+            len += match md {
+                1 => 1,
+                2 => 4,
+                _ => 0,
+            };
+            Some((reg, len))
+        }
+        _ => None,
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an
+    // SA_SIGINFO handler; CHILD is set before the guest starts and never
+    // freed; this process has one thread (the guest's), which is the one
+    // interrupted, so nothing else uses the server meanwhile.
+    unsafe {
+        let addr = (*info).si_addr() as u64;
+        let uc = &mut *(ctx as *mut libc::ucontext_t);
+        let gregs = &mut uc.uc_mcontext.gregs;
+        let rip = gregs[libc::REG_RIP as usize] as u64;
+        let child = CHILD.load(Ordering::SeqCst);
+        let report = |gregs: &[libc::greg_t; 23]| {
+            let r = |i: libc::c_int| gregs[i as usize] as u64;
+            let gprs = [
+                libc::REG_RAX,
+                libc::REG_RBX,
+                libc::REG_RCX,
+                libc::REG_RDX,
+                libc::REG_RSI,
+                libc::REG_RDI,
+                libc::REG_RBP,
+                libc::REG_R8,
+                libc::REG_R9,
+                libc::REG_R10,
+                libc::REG_R11,
+                libc::REG_R12,
+                libc::REG_R13,
+                libc::REG_R14,
+                libc::REG_R15,
+            ]
+            .map(|i| r(i).to_string())
+            .join(" ");
+            format!(
+                "signal {sig} {addr} {rip} {} {} {gprs}",
+                r(libc::REG_RSP),
+                r(libc::REG_EFL)
+            )
+        };
+        if sig != libc::SIGSEGV || child.is_null() || addr & !0xfff != DOORBELL {
+            finish(&report(gregs), 128 + sig);
+        }
+        let child = &mut *child;
+        let mut code = [0u8; 15];
+        let decoded = child
+            .mem
+            .read_slice(&mut code, GuestAddress(rip))
+            .ok()
+            .and_then(|()| decode_doorbell_write(&code));
+        let Some((reg, len)) = decoded else {
+            finish(&report(gregs), 128 + sig);
+        };
+        let number = gregs[GREGS[reg]] as u32;
+        match child.hypercalls.handle(&child.mem, number) {
+            Ok(Next::Resume) => {}
+            Ok(Next::Ready) => {
+                // No snapshots of process ICs (yet): READY answers 0.
+                if let Err(e) = child.hypercalls.ret(&child.mem, 0) {
+                    finish(&format!("error {e}"), 1);
+                }
+            }
+            Ok(Next::Exit(code)) => finish(&format!("exit {code}"), i32::from(code)),
+            Ok(Next::Abort(message)) => finish(&format!("abort {message}"), 134),
+            Ok(Next::Fault(fault)) => finish(&format!("fault {fault:?}"), 139),
+            Err(e) => finish(&format!("error {e}"), 1),
+        }
+        gregs[libc::REG_RIP as usize] = (rip + len as u64) as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_doorbell_write as d;
+
+    #[test]
+    fn doorbell_writes_decode_with_their_lengths() {
+        assert_eq!(d(&[0x89, 0x02]), Some((0, 2))); // mov [rdx], eax
+        assert_eq!(d(&[0x89, 0x01]), Some((0, 2))); // mov [rcx], eax
+        assert_eq!(d(&[0x41, 0x89, 0x00]), Some((0, 3))); // mov [r8], eax
+        assert_eq!(d(&[0x44, 0x89, 0x00]), Some((8, 3))); // mov [rax], r8d
+        assert_eq!(d(&[0x89, 0x42, 0x10]), Some((0, 3))); // mov [rdx+0x10], eax
+        assert_eq!(d(&[0x89, 0x04, 0x24]), Some((0, 3))); // mov [rsp], eax (SIB)
+        assert_eq!(d(&[0x89, 0x04, 0x25, 0, 0, 0, 0]), Some((0, 7))); // [abs32]
+        let mut movabs = vec![0xa3];
+        movabs.extend_from_slice(&xos_abi::DOORBELL.to_le_bytes());
+        assert_eq!(d(&movabs), Some((0, 9)));
+        assert_eq!(d(&[0x8b, 0x02]), None); // a load, not a store
+        assert_eq!(d(&[0x89, 0xc0]), None); // register to register
+    }
+}

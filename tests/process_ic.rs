@@ -1,0 +1,102 @@
+//! The process ICF runs the same images as the virtine ICF, in a host
+//! process, with the same results: output, input, exit codes, faults,
+//! time limits.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{text, xos};
+use xos_vmm::icf::process::Helper;
+use xos_vmm::icf::Registry;
+use xos_vmm::vmm::GuestExit;
+use xos_vmm::Function;
+
+fn run(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut all = vec!["run", "--icf", "process"];
+    all.extend_from_slice(args);
+    xos(&all, stdin)
+}
+
+#[test]
+fn the_same_images_run_in_a_host_process() {
+    for image in ["@hello-c", "@hello-rs"] {
+        let out = run(&[image, "--", "a", "b c"], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello from a virtine: a b c\n");
+    }
+    for image in ["@sum-c", "@sum-rs"] {
+        let out = run(&[image], b"1 2 3\n-4");
+        assert_eq!(text(&out.stdout), "2\n");
+    }
+    let out = run(&["@faults-c", "--", "exit", "7"], b"");
+    assert_eq!(out.status.code(), Some(7));
+    let out = run(&["@faults-c", "--", "bigout"], b"");
+    assert_eq!(out.stdout.len(), 300_001);
+    let input: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 255) as u8).collect();
+    let out = run(&["@echo-c"], &input);
+    assert!(out.stdout == input, "echo differs");
+}
+
+#[test]
+fn faults_and_time_limits_are_reported_like_virtines() {
+    let out = run(&["@faults-c", "--", "null"], b"");
+    assert_eq!(out.status.code(), Some(139));
+    assert!(
+        text(&out.stderr).contains("null pointer dereference"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["@faults-c", "--", "ud"], b"");
+    assert_eq!(out.status.code(), Some(132));
+    let out = run(&["@faults-c", "--", "div0"], b"");
+    assert_eq!(out.status.code(), Some(136));
+    let out = run(&["@faults-c", "--", "abort"], b"");
+    assert_eq!(out.status.code(), Some(134));
+    let start = Instant::now();
+    let out = run(&["--timeout", "300ms", "@faults-c", "--", "loop"], b"");
+    assert_eq!(out.status.code(), Some(124));
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn the_embedding_api_runs_process_ics_with_captured_io() {
+    let registry = Registry::with_process_helper(Some(Helper {
+        program: env!("CARGO_BIN_EXE_xos-vmm").into(),
+        args: vec!["__process-ic".into()],
+    }));
+    let sum = xos_images::find("sum-c").expect("sum-c");
+    let f = Function::from_elf(sum.bytes)
+        .expect("image")
+        .on(&registry, "process")
+        .expect("process ICF available");
+    for i in 0..5u64 {
+        let r = f.call(format!("{i} {i} 1").as_bytes()).expect("call");
+        assert_eq!(r.exit, GuestExit::Exited(0));
+        assert_eq!(r.stdout, format!("{}\n", 2 * i + 1).into_bytes());
+    }
+    let faults = xos_images::find("faults-c").expect("faults-c");
+    let looping = Function::from_elf(faults.bytes)
+        .expect("image")
+        .on(&registry, "process")
+        .expect("process")
+        .args(["faults", "loop"])
+        .timeout(Duration::from_millis(200));
+    let r = looping.call(b"").expect("call");
+    assert!(matches!(r.exit, GuestExit::TimedOut { .. }), "{}", r.exit);
+}
+
+#[test]
+fn without_a_helper_the_process_icf_says_why_it_is_unavailable() {
+    let registry = Registry::builtin();
+    let info = registry
+        .get_icfs()
+        .into_iter()
+        .find(|i| i.name == "process")
+        .expect("registered");
+    match info.availability {
+        xos_vmm::icf::Availability::Unavailable(reason) => {
+            assert!(reason.contains("no process helper"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
