@@ -13,6 +13,15 @@ use xos_vmm::icf::{
 use xos_vmm::units::{parse_duration, parse_size};
 use xos_vmm::vmm::{GuestExit, GuestIo};
 
+/// Writes a diagnostic line to stderr; a closed stderr (`2>&- `, a pipe to
+/// `head`) must not turn into a panic.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit code for bad usage or a bad image file.
 const EXIT_USAGE: u8 = 2;
 /// Exit code for host-side failures.
@@ -228,7 +237,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("xos-vmm: {:#}", f.error);
+            note!("xos-vmm: {:#}", f.error);
             ExitCode::from(f.code)
         }
     }
@@ -314,7 +323,7 @@ fn cgi_baseline(
 ) -> Result<ExitCode, Failure> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!(
+    note!(
         "xos-vmm: process per request for {} on http://{}",
         program.display(),
         listener.local_addr()?
@@ -356,10 +365,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, Failure> {
     let file = args.file.clone();
     runtime
         .block_on(serve(backend, config, shutdown_signal(), |addr| {
-            eprintln!("xos-vmm: serving {file} on http://{addr} ({how})");
+            note!("xos-vmm: serving {file} on http://{addr} ({how})");
         }))
         .with_context(|| format!("cannot serve on {}", args.listen))?;
-    eprintln!("xos-vmm: stopped; in-flight requests finished");
+    note!("xos-vmm: stopped; in-flight requests finished");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -377,7 +386,7 @@ fn snapshot(args: SnapshotArgs) -> Result<ExitCode, Failure> {
     let state = ic.dump().map_err(|e| ic_failure(&args.file, e))?;
     std::fs::write(&args.output, &state)
         .with_context(|| format!("cannot write the snapshot to {}", args.output.display()))?;
-    eprintln!(
+    note!(
         "xos-vmm: {}: snapshot at the ready point written to {} ({} bytes)",
         args.file,
         args.output.display(),
@@ -423,14 +432,16 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .run(GuestIo::inherit())
         .map_err(|e| ic_failure(&what, e))?;
     if args.stats {
-        eprintln!(
+        note!(
             "xos-vmm: {} exits, {} hypercalls, guest time {:?}",
-            outcome.stats.exits, outcome.stats.hypercalls, outcome.guest_time
+            outcome.stats.exits,
+            outcome.stats.hypercalls,
+            outcome.guest_time
         );
     }
     match &outcome.exit {
         GuestExit::Exited(_) => {}
-        other => eprintln!("xos-vmm: {what}: {other}"),
+        other => note!("xos-vmm: {what}: {other}"),
     }
     Ok(ExitCode::from(outcome.exit.exit_code().clamp(0, 255) as u8))
 }

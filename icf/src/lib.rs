@@ -23,6 +23,8 @@ pub mod error;
 pub mod factory;
 pub mod process;
 pub mod registry;
+pub mod thread;
+pub mod trap;
 pub mod virtine;
 
 pub use com::{ComMechanism, ComTable};

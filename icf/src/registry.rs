@@ -72,8 +72,10 @@ impl Registry {
             None => crate::process::ProcessFactory::default(),
         };
         let _ = r.register(Arc::new(process));
-        r.register_com("virtine", "host", ComMechanism::HypercallRelay);
-        r.register_com("process", "host", ComMechanism::HypercallRelay);
+        let _ = r.register(Arc::new(crate::thread::ThreadFactory));
+        for kind in ["virtine", "process", "thread"] {
+            r.register_com(kind, "host", ComMechanism::HypercallRelay);
+        }
         r
     }
 

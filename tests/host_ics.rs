@@ -1,5 +1,5 @@
-//! The process ICF runs the same images as the virtine ICF, in a host
-//! process, with the same results: output, input, exit codes, faults,
+//! The process and thread ICFs run the same images as the virtine ICF, in a host
+//! process or a thread of the monitor, with the same results: output, input, exit codes, faults,
 //! time limits.
 
 mod support;
@@ -98,5 +98,72 @@ fn without_a_helper_the_process_icf_says_why_it_is_unavailable() {
             assert!(reason.contains("no process helper"), "{reason}")
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_same_images_run_in_a_thread_of_the_monitor() {
+    for image in ["@hello-c", "@hello-rs"] {
+        let out = xos(&["run", "--icf", "thread", image, "--", "x"], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello from a virtine: x\n");
+    }
+    let out = xos(&["run", "--icf", "thread", "@sum-rs"], b"40 2");
+    assert_eq!(text(&out.stdout), "42\n");
+    let out = xos(&["run", "--icf", "thread", "@faults-c", "--", "null"], b"");
+    assert_eq!(out.status.code(), Some(139));
+    assert!(text(&out.stderr).contains("null pointer dereference"));
+    let out = xos(&["run", "--icf", "thread", "@faults-c", "--", "ud"], b"");
+    assert_eq!(out.status.code(), Some(132));
+    let start = Instant::now();
+    let out = xos(
+        &[
+            "run",
+            "--icf",
+            "thread",
+            "--timeout",
+            "300ms",
+            "@faults-c",
+            "--",
+            "loop",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(124));
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn thread_ics_run_one_at_a_time_and_keep_the_monitor_alive() {
+    let registry = Registry::builtin();
+    let faults = xos_images::find("faults-c").expect("faults-c");
+    let f = Function::from_elf(faults.bytes)
+        .expect("image")
+        .on(&registry, "thread")
+        .expect("thread ICF")
+        .host_fn("twice", |input| Ok([input, input].concat()))
+        .timeout(Duration::from_secs(5));
+    // Host functions run in-process; a fault in one thread IC leaves the
+    // monitor (this test process) running.
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let r = f
+                    .clone()
+                    .args(["faults", "hostcall", "twice", &format!("ab{i}")])
+                    .call(b"")
+                    .expect("call");
+                assert_eq!(
+                    String::from_utf8(r.stdout).unwrap(),
+                    format!("ret=6 out=ab{i}ab{i}\n")
+                );
+                let r = f.clone().args(["faults", "null"]).call(b"").expect("call");
+                assert_eq!(r.exit.exit_code(), 139, "{}", r.exit);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("caller");
     }
 }
