@@ -19,13 +19,13 @@
 
 use crate::error::IcfError;
 use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
-use crate::trap::{decode_doorbell_write, GREGS};
+use crate::trap::{decode_doorbell_write, map_guest, unmap_guest, GREGS};
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::exit::{Exception, GuestRegs, RunStats};
 use vmm::hypercall::{Hypercalls, Next};
 use vmm::interrupt::StopReason;
@@ -35,8 +35,6 @@ use xos_abi::{layout, DOORBELL};
 
 /// Name of the kind.
 pub const NAME: &str = "thread";
-/// Lowest address of the guest mapping.
-const MAP_BASE: u64 = 0x1_0000;
 
 std::arch::global_asm!(
     ".globl xos_thread_ic_enter",
@@ -321,80 +319,6 @@ fn fault_text(text: &str) -> GuestExit {
         fault: Fault::UnexpectedExit(text.to_owned()),
         regs: Box::default(),
         mem_size: 0,
-    }
-}
-
-/// Maps the guest layout in this process (the caller holds ONE_AT_A_TIME).
-fn map_guest(mem_size: u64) -> Result<GuestMemoryMmap, String> {
-    let len = (mem_size - MAP_BASE) as usize;
-    let fixed = |addr: u64, len: usize, prot: i32| -> Result<(), String> {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
-        // the result is checked to be exactly the requested address.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len,
-                prot,
-                libc::MAP_PRIVATE
-                    | libc::MAP_ANONYMOUS
-                    | libc::MAP_NORESERVE
-                    | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p == addr as *mut libc::c_void {
-            Ok(())
-        } else {
-            Err(format!(
-                "cannot map guest memory at {addr:#x}: {}",
-                std::io::Error::last_os_error()
-            ))
-        }
-    };
-    fixed(
-        MAP_BASE,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-    )?;
-    if let Err(e) = fixed(DOORBELL, layout::PAGE_SIZE as usize, libc::PROT_NONE) {
-        // SAFETY: unmaps the range mapped just above.
-        unsafe { libc::munmap(MAP_BASE as *mut libc::c_void, len) };
-        return Err(e);
-    }
-    // SAFETY: the guard page lies inside the mapping made above.
-    unsafe {
-        libc::mprotect(
-            layout::STACK_GUARD as *mut libc::c_void,
-            layout::PAGE_SIZE as usize,
-            libc::PROT_NONE,
-        )
-    };
-    // SAFETY: the range is mapped above and stays mapped until `unmap_guest`,
-    // after the memory object is dropped (the region does not own it).
-    let region = unsafe {
-        MmapRegion::build_raw(
-            MAP_BASE as *mut u8,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-        )
-    }
-    .map_err(|e| e.to_string())?;
-    let region =
-        GuestRegionMmap::new(region, GuestAddress(MAP_BASE)).ok_or("guest memory region")?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| e.to_string())
-}
-
-fn unmap_guest(mem_size: u64) {
-    // SAFETY: unmaps exactly what `map_guest` mapped; nothing refers to it
-    // any more.
-    unsafe {
-        libc::munmap(
-            MAP_BASE as *mut libc::c_void,
-            (mem_size - MAP_BASE) as usize,
-        );
-        libc::munmap(DOORBELL as *mut libc::c_void, layout::PAGE_SIZE as usize);
     }
 }
 

@@ -1,6 +1,13 @@
-//! Guests that run natively in a host process or thread (not in a VM)
-//! leave through a write to the doorbell page, which has no access: the
-//! SIGSEGV it raises carries the hypercall. This module decodes that write.
+//! What guests that run natively in a host process or thread (not in a VM)
+//! need: their memory at its fixed addresses, and the decoding of their
+//! hypercalls, which are writes to the doorbell page; that page has no
+//! access, so the SIGSEGV a write raises carries the hypercall.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use xos_abi::{layout, DOORBELL};
+
+/// Lowest address of the guest mapping (`vm.mmap_min_addr` is 64 KiB).
+pub const MAP_BASE: u64 = 0x1_0000;
 
 /// `libc` indices of the general registers in `ucontext_t`, in the
 /// instruction encoding's order (rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi,
@@ -65,6 +72,86 @@ pub fn decode_doorbell_write(code: &[u8]) -> Option<(usize, usize)> {
             Some((reg, len))
         }
         _ => None,
+    }
+}
+
+/// Maps the guest layout at its fixed addresses in this process:
+/// `[MAP_BASE, mem_size)` readable, writable and executable (like guest
+/// memory in a VM, which has no NX), the stack guard and the doorbell page
+/// with no access. Fails if anything is mapped there already (another
+/// guest of this process, say).
+pub fn map_guest(mem_size: u64) -> Result<GuestMemoryMmap, String> {
+    let len = (mem_size - MAP_BASE) as usize;
+    let fixed = |addr: u64, len: usize, prot: i32| -> Result<(), String> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
+        // the result is checked to be exactly the requested address.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_NORESERVE
+                    | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == addr as *mut libc::c_void {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot map guest memory at {addr:#x}: {}",
+                std::io::Error::last_os_error()
+            ))
+        }
+    };
+    fixed(
+        MAP_BASE,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+    )?;
+    if let Err(e) = fixed(DOORBELL, layout::PAGE_SIZE as usize, libc::PROT_NONE) {
+        // SAFETY: unmaps the range mapped just above.
+        unsafe { libc::munmap(MAP_BASE as *mut libc::c_void, len) };
+        return Err(e);
+    }
+    // SAFETY: the guard page lies inside the mapping made above.
+    unsafe {
+        libc::mprotect(
+            layout::STACK_GUARD as *mut libc::c_void,
+            layout::PAGE_SIZE as usize,
+            libc::PROT_NONE,
+        )
+    };
+    // SAFETY: the range is mapped above and stays mapped until
+    // `unmap_guest`, which callers run only after dropping the memory
+    // object (the region does not own the mapping).
+    let region = unsafe {
+        MmapRegion::build_raw(
+            MAP_BASE as *mut u8,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        )
+    }
+    .map_err(|e| e.to_string())?;
+    let region =
+        GuestRegionMmap::new(region, GuestAddress(MAP_BASE)).ok_or("guest memory region")?;
+    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| e.to_string())
+}
+
+/// Unmaps what [`map_guest`] mapped.
+pub fn unmap_guest(mem_size: u64) {
+    // SAFETY: unmaps exactly what `map_guest` mapped; nothing refers to it
+    // any more.
+    unsafe {
+        libc::munmap(
+            MAP_BASE as *mut libc::c_void,
+            (mem_size - MAP_BASE) as usize,
+        );
+        libc::munmap(DOORBELL as *mut libc::c_void, layout::PAGE_SIZE as usize);
     }
 }
 

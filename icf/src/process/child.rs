@@ -10,12 +10,12 @@
 //! the 15 general registers in `GuestRegs` order (rax, rbx, rcx, rdx, rsi,
 //! rdi, rbp, r8..r15).
 
-use crate::trap::{decode_doorbell_write, GREGS};
+use crate::trap::{decode_doorbell_write, map_guest, GREGS};
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::hypercall::{Hypercalls, Next};
 use vmm::layout::{BootSetup, GuestLayout};
 use vmm::{GuestIo, HostFunctions, Program};
@@ -25,8 +25,6 @@ use xos_abi::{layout, DOORBELL};
 pub const IMAGE_FD: i32 = 3;
 /// The fd the child reports its result on.
 pub const STATUS_FD: i32 = 4;
-/// Lowest address of the guest mapping (`vm.mmap_min_addr` is 64 KiB).
-const MAP_BASE: u64 = 0x1_0000;
 
 /// What the signal handler needs.
 struct Child {
@@ -84,7 +82,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     drop(file);
     let program = Program::parse(image).unwrap_or_else(|e| fail(&e.to_string()));
     let mem_size = vmm::memory::checked_size(mem_size).unwrap_or_else(|e| fail(&e.to_string()));
-    let mem = map_guest(mem_size);
+    let mem = map_guest(mem_size).unwrap_or_else(|e: String| fail(&e));
 
     let setup = BootSetup {
         program: &program,
@@ -101,65 +99,6 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     CHILD.store(Box::into_raw(child), Ordering::SeqCst);
     install_handlers();
     enter(program.entry())
-}
-
-/// Maps `[MAP_BASE, mem_size)` readable, writable and executable (like
-/// guest memory in a VM, which has no NX), the stack guard with no access,
-/// and the doorbell page with no access.
-fn map_guest(mem_size: u64) -> GuestMemoryMmap {
-    let len = (mem_size - MAP_BASE) as usize;
-    let fixed = |addr: u64, len: usize, prot: i32| {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
-        // the result is checked to be exactly the requested address.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len,
-                prot,
-                libc::MAP_PRIVATE
-                    | libc::MAP_ANONYMOUS
-                    | libc::MAP_NORESERVE
-                    | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != addr as *mut libc::c_void {
-            fail(&format!(
-                "cannot map guest memory at {addr:#x}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    };
-    fixed(
-        MAP_BASE,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-    );
-    fixed(DOORBELL, layout::PAGE_SIZE as usize, libc::PROT_NONE);
-    // SAFETY: the guard page lies inside the mapping made just above.
-    unsafe {
-        libc::mprotect(
-            layout::STACK_GUARD as *mut libc::c_void,
-            layout::PAGE_SIZE as usize,
-            libc::PROT_NONE,
-        )
-    };
-    // SAFETY: the range was mapped above with these protections and stays
-    // mapped for the life of the process (the region does not own it).
-    let region = unsafe {
-        MmapRegion::build_raw(
-            MAP_BASE as *mut u8,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-        )
-    }
-    .unwrap_or_else(|e| fail(&format!("guest memory: {e}")));
-    let region = GuestRegionMmap::new(region, GuestAddress(MAP_BASE))
-        .unwrap_or_else(|| fail("guest memory region"));
-    GuestMemoryMmap::from_regions(vec![region])
-        .unwrap_or_else(|e| fail(&format!("guest memory: {e}")))
 }
 
 fn install_handlers() {
