@@ -23,7 +23,7 @@ impl ComMechanism {
     pub fn description(&self) -> &'static str {
         match self {
             ComMechanism::HypercallRelay => {
-                "guest exits to the monitor (MMIO doorbell), which calls the peer and resumes the guest"
+                "the guest's doorbell write (a VM exit, or a trap for a thread IC) reaches the monitor, which calls the peer and resumes the guest"
             }
         }
     }

@@ -73,7 +73,9 @@ impl Registry {
         };
         let _ = r.register(Arc::new(process));
         let _ = r.register(Arc::new(crate::thread::ThreadFactory));
-        for kind in ["virtine", "process", "thread"] {
+        // A process IC's hypercalls are served inside its own process: the
+        // embedder's host functions are not reachable from it (yet).
+        for kind in ["virtine", "thread"] {
             r.register_com(kind, "host", ComMechanism::HypercallRelay);
         }
         r
