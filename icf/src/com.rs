@@ -9,6 +9,16 @@ pub enum ComMechanism {
     /// The guest exits to the monitor, which relays the message (the
     /// hypercall ABI: `HOST_CALL` to a host function).
     HypercallRelay,
+    /// A shared-memory ring (memfd) whose waiter spins.
+    ShmRingPoll,
+    /// A shared-memory ring (memfd) whose waiter sleeps on a futex.
+    ShmRingFutex,
+    /// A pair of pipes.
+    Pipe,
+    /// A Unix stream socket pair.
+    UnixSocket,
+    /// A TCP connection on 127.0.0.1.
+    Tcp,
 }
 
 impl ComMechanism {
@@ -16,6 +26,11 @@ impl ComMechanism {
     pub fn name(&self) -> &'static str {
         match self {
             ComMechanism::HypercallRelay => "hypercall",
+            ComMechanism::ShmRingPoll => "shm-poll",
+            ComMechanism::ShmRingFutex => "shm-futex",
+            ComMechanism::Pipe => "pipe",
+            ComMechanism::UnixSocket => "unix",
+            ComMechanism::Tcp => "tcp",
         }
     }
 
@@ -25,6 +40,15 @@ impl ComMechanism {
             ComMechanism::HypercallRelay => {
                 "the guest's doorbell write (a VM exit, or a trap for a thread IC) reaches the monitor, which calls the peer and resumes the guest"
             }
+            ComMechanism::ShmRingPoll => {
+                "two rings in a shared memfd; the waiting side spins on the indices"
+            }
+            ComMechanism::ShmRingFutex => {
+                "two rings in a shared memfd; the waiting side spins briefly, then sleeps on a futex"
+            }
+            ComMechanism::Pipe => "one pipe per direction, length-prefixed messages",
+            ComMechanism::UnixSocket => "a Unix stream socket pair, length-prefixed messages",
+            ComMechanism::Tcp => "a TCP connection on 127.0.0.1 without Nagle, length-prefixed messages",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! process running the same image, for comparison; the `mutate` pivot).
 #![deny(missing_docs)]
 
+pub mod channel;
 pub mod com;
 pub mod error;
 pub mod factory;
@@ -27,6 +28,7 @@ pub mod thread;
 pub mod trap;
 pub mod virtine;
 
+pub use channel::{Channel, ChannelError};
 pub use com::{ComMechanism, ComTable};
 pub use error::IcfError;
 pub use factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage};

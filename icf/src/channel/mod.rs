@@ -1,0 +1,138 @@
+//! Channels: the one API execution flows in two ICs use to exchange
+//! messages, whatever mechanism carries them underneath.
+//!
+//! Every channel is a bidirectional, ordered, message-preserving pipe
+//! between two endpoints:
+//!
+//! * [`Channel::send`] / [`Channel::recv`]: one message each way, boundaries
+//!   kept (a 3-byte send is a 3-byte recv, never merged or split);
+//! * [`Channel::call`]: send a request and wait for the reply (the peer
+//!   answers with `recv` then `send`);
+//! * [`Channel::acquire`] / [`Channel::commit`]: zero-copy sends for large
+//!   messages; the sender fills the slice in place (in the shared ring
+//!   itself when the mechanism has one) and commits how much it wrote.
+//!
+//! A peer that closes its endpoint or dies ends every pending and later
+//! operation with [`ChannelError::PeerGone`]: a caller never hangs on a dead
+//! peer. Mechanisms: [`ring`] (a shared-memory ring in a memfd, polling or
+//! sleeping on a futex) and [`stream`] (pipes, Unix sockets, TCP on
+//! loopback: the xOS prototype's host mechanisms).
+
+pub mod ring;
+pub mod stream;
+
+use std::time::Duration;
+
+use vm_memory::VolatileSlice;
+
+use crate::com::ComMechanism;
+
+/// Default upper bound on one message: a header claiming more is refused
+/// rather than allocated, so a corrupt or hostile peer cannot exhaust memory.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
+/// What went wrong on a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The other endpoint was closed, or its process died.
+    #[error("the peer closed its end of the {mechanism} channel or died (during {op}); the message was not delivered")]
+    PeerGone {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// `send`, `recv`, `call`, `acquire` or `commit`.
+        op: &'static str,
+    },
+    /// A message longer than the channel allows.
+    #[error("a {len}-byte message exceeds this {mechanism} channel's limit of {max} bytes; split it or raise the limit with with_max_message()")]
+    TooLarge {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// The message length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No message arrived within the timeout set by [`Channel::set_timeout`].
+    #[error("no message on the {mechanism} channel within {timeout:?}")]
+    Timeout {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// `commit` without a matching `acquire`, or of more bytes than acquired.
+    #[error("commit({committed}) does not match the preceding acquire({acquired:?}); call acquire(len) first and commit at most len bytes")]
+    BadCommit {
+        /// Bytes the caller tried to commit.
+        committed: usize,
+        /// Bytes acquired, if any.
+        acquired: Option<usize>,
+    },
+    /// The shared state breaks the channel's invariants: the peer wrote
+    /// garbage into shared memory. The channel is unusable afterwards.
+    #[error("the {mechanism} channel's shared state is corrupt ({what}); the peer is misbehaving, close the channel")]
+    Corrupt {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// Which invariant broke.
+        what: String,
+    },
+    /// Setting the channel up failed.
+    #[error("cannot set up a {mechanism} channel: {what}: {source}")]
+    Setup {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An I/O error other than the peer going away.
+    #[error("{op} on the {mechanism} channel failed: {source}")]
+    Io {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Result of channel operations.
+pub type Result<T> = std::result::Result<T, ChannelError>;
+
+/// One endpoint of a bidirectional message channel between two ICs.
+pub trait Channel: Send {
+    /// Which mechanism carries the messages.
+    fn mechanism(&self) -> ComMechanism;
+
+    /// Send one message; blocks while the channel is full.
+    fn send(&mut self, msg: &[u8]) -> Result<()>;
+
+    /// Receive one message into `buf` (its old contents are replaced);
+    /// blocks until a message arrives, the peer goes away, or the timeout.
+    fn recv(&mut self, buf: &mut Vec<u8>) -> Result<()>;
+
+    /// Send `request` and receive the reply into `reply`.
+    fn call(&mut self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
+        self.send(request)?;
+        self.recv(reply)
+    }
+
+    /// Reserve room for a message of up to `len` bytes and return it to be
+    /// filled in place; nothing is sent until [`Channel::commit`].
+    fn acquire(&mut self, len: usize) -> Result<VolatileSlice<'_>>;
+
+    /// Send the first `len` bytes of the slice from the last `acquire`.
+    fn commit(&mut self, len: usize) -> Result<()>;
+
+    /// Bound how long `recv` waits (`None`: wait until a message or the
+    /// peer's death).
+    fn set_timeout(&mut self, timeout: Option<Duration>);
+
+    /// Close this process's copy of an endpoint that now lives in another
+    /// process (handed over across `fork`) without telling the peer it
+    /// closed: the other process keeps using it.
+    fn hand_over(self: Box<Self>) {}
+}

@@ -1,0 +1,609 @@
+//! A shared-memory ring channel: two single-producer/single-consumer byte
+//! rings in one memfd, mapped by both endpoints (two threads, two
+//! processes, or later a VM's guest memory and the host).
+//!
+//! Messages are framed as a 4-byte little-endian length and the bytes, so a
+//! message may be larger than the ring: it streams through in pieces. A
+//! waiting side either spins ([`Notify::Poll`], lowest latency, burns a
+//! core) or sleeps on a futex in the shared page ([`Notify::Futex`]); the
+//! other side wakes it only when it announced that it sleeps.
+//!
+//! Everything in the shared mapping is reached through `vm-memory`
+//! (bounds-checked slices and atomics): the peer may be hostile, so every
+//! index read from it is validated before use.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory, VolatileSlice};
+
+use super::{Channel, ChannelError, Result, DEFAULT_MAX_MESSAGE};
+use crate::com::ComMechanism;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"XRNG");
+const HEADER: usize = 4;
+/// Control page: magic, capacity, the two sides' pids and closed flags,
+/// then each ring's indices on their own cache lines.
+const CONTROL: usize = 4096;
+const OFF_MAGIC: usize = 0;
+const OFF_CAPACITY: usize = 4;
+const OFF_PID: [usize; 2] = [64, 128];
+const OFF_CLOSED: [usize; 2] = [192, 256];
+/// Per ring `k`: head (producer's position), tail (consumer's), and the
+/// "I am asleep" flags of its consumer and producer.
+const fn ring_field(k: usize, field: usize) -> usize {
+    512 + k * 1024 + field * 128
+}
+const HEAD: usize = 0;
+const TAIL: usize = 1;
+const CONSUMER_SLEEPS: usize = 2;
+const PRODUCER_SLEEPS: usize = 3;
+
+/// Spins before a futex waiter goes to sleep: a reply that comes back
+/// within a few microseconds is caught without a syscall.
+const SPINS_BEFORE_SLEEP: u32 = 2_000;
+/// How often a waiter looks whether the peer process still lives.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
+
+/// How a waiting endpoint waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// Spin on the shared indices.
+    Poll,
+    /// Spin briefly, then sleep on a futex in the shared page.
+    Futex,
+}
+
+impl Notify {
+    fn mechanism(self) -> ComMechanism {
+        match self {
+            Notify::Poll => ComMechanism::ShmRingPoll,
+            Notify::Futex => ComMechanism::ShmRingFutex,
+        }
+    }
+}
+
+/// One endpoint of a shared-memory ring channel. `side` 0 sends on ring 0
+/// and receives on ring 1; side 1 the other way round.
+pub struct RingChannel {
+    region: MmapRegion<()>,
+    memfd: File,
+    side: usize,
+    capacity: u32,
+    notify: Notify,
+    max_message: usize,
+    timeout: Option<Duration>,
+    acquired: Option<Acquired>,
+    staging: Vec<u8>,
+    /// Whether dropping this endpoint marks its side closed in the shared
+    /// page (not for a mapping that failed validation).
+    announce_close: bool,
+}
+
+/// Where an `acquire`d message is being built.
+#[derive(Clone, Copy, Debug)]
+enum Acquired {
+    /// In the ring itself, payload at this data offset.
+    InRing { len: usize },
+    /// In `staging` (it did not fit contiguously): one copy on commit.
+    Staged { len: usize },
+}
+
+fn setup(notify: Notify, what: &'static str, source: std::io::Error) -> ChannelError {
+    ChannelError::Setup {
+        mechanism: notify.mechanism().name(),
+        what,
+        source,
+    }
+}
+
+fn futex(word: &AtomicU32, op: i32, val: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, 4-byte aligned atomic in a mapping both
+    // sides keep for the call's duration; the shared (non-private) futex op
+    // is what lets another process's waiter on the same memfd page be woken.
+    // Errors (EAGAIN when the value changed, ETIMEDOUT, EINTR) all mean
+    // "look again", which every caller does.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op,
+            val,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Whether process `pid` has ended (exited or killed, zombie included).
+fn process_ended(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    // SAFETY: pidfd_open just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd array of length 1; a pidfd polls
+    // readable once its process has terminated.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
+fn own_pid() -> u32 {
+    std::process::id()
+}
+
+impl RingChannel {
+    /// A connected pair of endpoints on a new memfd whose two rings hold
+    /// `capacity` bytes each (rounded up to a power of two, at least 4 KiB).
+    /// Both start in this process; one may move to a thread, or to a child
+    /// process across `fork` (it claims its side on first use).
+    pub fn pair(capacity: usize, notify: Notify) -> Result<(RingChannel, RingChannel)> {
+        let capacity = capacity.clamp(4096, 1 << 30).next_power_of_two();
+        let size = CONTROL + 2 * capacity;
+        let name = c"xos-ring";
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new
+        // fd or -1.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(setup(
+                notify,
+                "memfd_create",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: memfd_create just returned this fd and nothing else owns it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(size as u64)
+            .map_err(|e| setup(notify, "size the memfd", e))?;
+        let a = Self::map(&file, size, 0, notify)?;
+        a.init(capacity as u32)?;
+        let b = Self::map(&file, size, 1, notify)?;
+        Ok((a, b))
+    }
+
+    /// Map side `side` of an existing ring memfd (e.g. one received from
+    /// another process), validating its header.
+    pub fn from_memfd(file: &File, side: usize, notify: Notify) -> Result<RingChannel> {
+        let size = file
+            .metadata()
+            .map_err(|e| setup(notify, "stat the memfd", e))?
+            .len() as usize;
+        if side > 1 || size < CONTROL + 2 * 4096 {
+            return Err(ChannelError::Corrupt {
+                mechanism: notify.mechanism().name(),
+                what: format!("side {side} of a {size}-byte memfd"),
+            });
+        }
+        let mut ch = Self::map(file, size, side, notify)?;
+        let magic = ch.word(OFF_MAGIC)?.load(Ordering::Acquire);
+        let capacity = ch.word(OFF_CAPACITY)?.load(Ordering::Acquire);
+        if magic != MAGIC || capacity != ch.capacity || !capacity.is_power_of_two() {
+            let what =
+                format!("header magic {magic:#x}, capacity {capacity} in a {size}-byte memfd");
+            // Not a ring of ours: leave its memory alone on the way out.
+            ch.announce_close = false;
+            return Err(ChannelError::Corrupt {
+                mechanism: notify.mechanism().name(),
+                what,
+            });
+        }
+        Ok(ch)
+    }
+
+    fn map(file: &File, size: usize, side: usize, notify: Notify) -> Result<RingChannel> {
+        let dup = file
+            .try_clone()
+            .map_err(|e| setup(notify, "dup the memfd", e))?;
+        let region = MmapRegion::from_file(FileOffset::new(dup, 0), size).map_err(|e| {
+            setup(
+                notify,
+                "mmap the memfd",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        Ok(RingChannel {
+            region,
+            memfd: file
+                .try_clone()
+                .map_err(|e| setup(notify, "dup the memfd", e))?,
+            side,
+            capacity: ((size - CONTROL) / 2) as u32,
+            notify,
+            max_message: DEFAULT_MAX_MESSAGE,
+            timeout: None,
+            acquired: None,
+            staging: Vec::new(),
+            announce_close: true,
+        })
+    }
+
+    fn init(&self, capacity: u32) -> Result<()> {
+        self.word(OFF_CAPACITY)?.store(capacity, Ordering::Relaxed);
+        for off in OFF_PID {
+            self.word(off)?.store(own_pid(), Ordering::Relaxed);
+        }
+        self.word(OFF_MAGIC)?.store(MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    /// Change the largest message this endpoint sends or accepts.
+    pub fn with_max_message(mut self, max: usize) -> Self {
+        self.max_message = max.min(u32::MAX as usize);
+        self
+    }
+
+    /// The memfd holding the rings, to hand to another process, which maps
+    /// the other side with [`RingChannel::from_memfd`].
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    /// Which side of the ring this endpoint is (0 or 1).
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// Unmap this endpoint without marking its side closed, because the
+    /// same side is (re)opened elsewhere with [`RingChannel::from_memfd`].
+    pub fn hand_over_in_process(mut self) {
+        self.announce_close = false;
+    }
+
+    /// Bytes each direction's ring holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    fn name(&self) -> &'static str {
+        self.notify.mechanism().name()
+    }
+
+    fn corrupt(&self, what: String) -> ChannelError {
+        ChannelError::Corrupt {
+            mechanism: self.name(),
+            what,
+        }
+    }
+
+    fn word(&self, offset: usize) -> Result<&AtomicU32> {
+        self.region
+            .get_atomic_ref::<AtomicU32>(offset)
+            .map_err(|e| self.corrupt(format!("control word at {offset}: {e}")))
+    }
+
+    /// The data area of ring `k`.
+    fn data(&self, k: usize) -> Result<VolatileSlice<'_>> {
+        self.region
+            .get_slice(CONTROL + k * self.capacity as usize, self.capacity as usize)
+            .map_err(|e| self.corrupt(format!("data of ring {k}: {e}")))
+    }
+
+    /// Record this process as the owner of our side, so the peer can tell
+    /// when it dies (the endpoint may have crossed a `fork`).
+    fn claim(&self) -> Result<()> {
+        let pid = self.word(OFF_PID[self.side])?;
+        if pid.load(Ordering::Relaxed) != own_pid() {
+            pid.store(own_pid(), Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn peer_gone(&self, op: &'static str) -> Result<bool> {
+        let peer = 1 - self.side;
+        if self.word(OFF_CLOSED[peer])?.load(Ordering::SeqCst) != 0 {
+            return Ok(true);
+        }
+        let pid = self.word(OFF_PID[peer])?.load(Ordering::SeqCst);
+        let _ = op;
+        Ok(pid != own_pid() && pid != 0 && process_ended(pid as i32))
+    }
+
+    fn gone(&self, op: &'static str) -> ChannelError {
+        ChannelError::PeerGone {
+            mechanism: self.name(),
+            op,
+        }
+    }
+
+    /// Wait until `ready()` holds, sleeping (futex mode) on `word`, whose
+    /// change is what makes `ready` true, with `sleeps` as our flag.
+    fn wait(
+        &self,
+        op: &'static str,
+        word_off: usize,
+        sleeps_off: usize,
+        deadline: Option<Instant>,
+        ready: impl Fn(u32) -> bool,
+    ) -> Result<u32> {
+        let word = self.word(word_off)?;
+        let mut spins = 0u32;
+        let mut next_check = Instant::now() + LIVENESS_PERIOD;
+        loop {
+            let seen = word.load(Ordering::SeqCst);
+            if ready(seen) {
+                return Ok(seen);
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256)
+                || self.notify == Notify::Futex && spins >= SPINS_BEFORE_SLEEP
+            {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(ChannelError::Timeout {
+                        mechanism: self.name(),
+                        timeout: self.timeout.unwrap_or_default(),
+                    });
+                }
+                if now >= next_check || self.notify == Notify::Futex {
+                    if self.peer_gone(op)? {
+                        // A last message may have landed before the close.
+                        let seen = word.load(Ordering::SeqCst);
+                        return if ready(seen) {
+                            Ok(seen)
+                        } else {
+                            Err(self.gone(op))
+                        };
+                    }
+                    next_check = now + LIVENESS_PERIOD;
+                }
+            }
+            if self.notify == Notify::Futex && spins >= SPINS_BEFORE_SLEEP {
+                let sleeps = self.word(sleeps_off)?;
+                sleeps.store(1, Ordering::SeqCst);
+                if word.load(Ordering::SeqCst) == seen {
+                    let mut nap = LIVENESS_PERIOD;
+                    if let Some(d) = deadline {
+                        nap = nap.min(d.saturating_duration_since(Instant::now()));
+                    }
+                    futex(word, libc::FUTEX_WAIT, seen, Some(nap));
+                }
+                sleeps.store(0, Ordering::SeqCst);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Publish a new value of a ring index and wake the other side if it
+    /// said it sleeps.
+    fn publish(&self, word_off: usize, value: u32, sleeps_off: usize) -> Result<()> {
+        let word = self.word(word_off)?;
+        word.store(value, Ordering::SeqCst);
+        if self.notify == Notify::Futex && self.word(sleeps_off)?.load(Ordering::SeqCst) != 0 {
+            futex(word, libc::FUTEX_WAKE, 1, None);
+        }
+        Ok(())
+    }
+
+    /// Used bytes of ring `k`, validated against the capacity.
+    fn used(&self, head: u32, tail: u32) -> Result<u32> {
+        let used = head.wrapping_sub(tail);
+        if used > self.capacity {
+            return Err(self.corrupt(format!(
+                "head {head} and tail {tail} are {used} bytes apart in a {}-byte ring",
+                self.capacity
+            )));
+        }
+        Ok(used)
+    }
+
+    /// Copy `parts` (concatenated) into our outgoing ring, publishing as
+    /// space allows; a small frame goes out with a single publish.
+    fn write_parts(&self, parts: &[&[u8]], op: &'static str) -> Result<()> {
+        self.claim()?;
+        let k = self.side;
+        let data = self.data(k)?;
+        let cap = self.capacity;
+        let tail_off = ring_field(k, TAIL);
+        let head_off = ring_field(k, HEAD);
+        let mut head = self.word(head_off)?.load(Ordering::Relaxed);
+        let (mut part, mut pos) = (0usize, 0usize);
+        while part < parts.len() {
+            let tail = self.wait(op, tail_off, ring_field(k, PRODUCER_SLEEPS), None, |tail| {
+                head.wrapping_sub(tail) < cap
+            })?;
+            let mut free = cap - self.used(head, tail)?;
+            while free > 0 && part < parts.len() {
+                let src = &parts[part][pos..];
+                let n = src.len().min(free as usize);
+                self.copy_in(&data, head, &src[..n])?;
+                head = head.wrapping_add(n as u32);
+                free -= n as u32;
+                pos += n;
+                if pos == parts[part].len() {
+                    part += 1;
+                    pos = 0;
+                }
+            }
+            self.publish(head_off, head, ring_field(k, CONSUMER_SLEEPS))?;
+        }
+        Ok(())
+    }
+
+    /// Copy `src` into ring data at stream position `at`, wrapping.
+    fn copy_in(&self, data: &VolatileSlice<'_>, at: u32, src: &[u8]) -> Result<()> {
+        let start = (at & (self.capacity - 1)) as usize;
+        let first = src.len().min(self.capacity as usize - start);
+        data.write_slice(&src[..first], start)
+            .and_then(|()| data.write_slice(&src[first..], 0))
+            .map_err(|e| self.corrupt(format!("ring write: {e}")))
+    }
+
+    /// Copy ring data at stream position `at` into `dst`, wrapping.
+    fn copy_out(&self, data: &VolatileSlice<'_>, at: u32, dst: &mut [u8]) -> Result<()> {
+        let start = (at & (self.capacity - 1)) as usize;
+        let first = dst.len().min(self.capacity as usize - start);
+        let (a, b) = dst.split_at_mut(first);
+        data.read_slice(a, start)
+            .and_then(|()| data.read_slice(b, 0))
+            .map_err(|e| self.corrupt(format!("ring read: {e}")))
+    }
+
+    /// Fill `dst` from our incoming ring, waiting for the bytes.
+    fn read_exact(&self, dst: &mut [u8], deadline: Option<Instant>) -> Result<()> {
+        let k = 1 - self.side;
+        let data = self.data(k)?;
+        let head_off = ring_field(k, HEAD);
+        let tail_off = ring_field(k, TAIL);
+        let mut tail = self.word(tail_off)?.load(Ordering::Relaxed);
+        let mut done = 0;
+        while done < dst.len() {
+            let head = self.wait(
+                "recv",
+                head_off,
+                ring_field(k, CONSUMER_SLEEPS),
+                deadline,
+                |head| head != tail,
+            )?;
+            let avail = self.used(head, tail)? as usize;
+            let n = avail.min(dst.len() - done);
+            self.copy_out(&data, tail, &mut dst[done..done + n])?;
+            tail = tail.wrapping_add(n as u32);
+            done += n;
+            self.publish(tail_off, tail, ring_field(k, PRODUCER_SLEEPS))?;
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max_message {
+            return Err(ChannelError::TooLarge {
+                mechanism: self.name(),
+                len,
+                max: self.max_message,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Channel for RingChannel {
+    fn mechanism(&self) -> ComMechanism {
+        self.notify.mechanism()
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.check_len(msg.len())?;
+        self.acquired = None;
+        let header = (msg.len() as u32).to_le_bytes();
+        self.write_parts(&[&header, msg], "send")
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.claim()?;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut header = [0u8; HEADER];
+        self.read_exact(&mut header, deadline)?;
+        let len = u32::from_le_bytes(header) as usize;
+        if len > self.max_message {
+            return Err(self.corrupt(format!(
+                "the peer announced a {len}-byte message, over the {}-byte limit",
+                self.max_message
+            )));
+        }
+        buf.clear();
+        buf.resize(len, 0);
+        // The header is in, so the body follows: no timeout mid-message.
+        self.read_exact(buf, None)
+    }
+
+    fn acquire(&mut self, len: usize) -> Result<VolatileSlice<'_>> {
+        self.check_len(len)?;
+        self.claim()?;
+        let k = self.side;
+        let cap = self.capacity;
+        let head = self.word(ring_field(k, HEAD))?.load(Ordering::Relaxed);
+        let start = (head & (cap - 1)) as usize;
+        let fits_unwrapped = start + HEADER + len <= cap as usize;
+        if fits_unwrapped {
+            // Wait for the room, then hand out the ring bytes themselves.
+            let need = (HEADER + len) as u32;
+            self.wait(
+                "acquire",
+                ring_field(k, TAIL),
+                ring_field(k, PRODUCER_SLEEPS),
+                None,
+                |tail| cap - head.wrapping_sub(tail).min(cap) >= need,
+            )?;
+            self.acquired = Some(Acquired::InRing { len });
+            return self
+                .data(k)?
+                .subslice(start + HEADER, len)
+                .map_err(|e| self.corrupt(format!("acquire: {e}")));
+        }
+        self.staging.clear();
+        self.staging.resize(len, 0);
+        self.acquired = Some(Acquired::Staged { len });
+        Ok(VolatileSlice::from(&mut self.staging[..]))
+    }
+
+    fn commit(&mut self, len: usize) -> Result<()> {
+        match self.acquired.take() {
+            Some(Acquired::InRing { len: acquired }) if len <= acquired => {
+                let k = self.side;
+                let head_off = ring_field(k, HEAD);
+                let head = self.word(head_off)?.load(Ordering::Relaxed);
+                let data = self.data(k)?;
+                self.copy_in(&data, head, &(len as u32).to_le_bytes())?;
+                let head = head.wrapping_add((HEADER + len) as u32);
+                self.publish(head_off, head, ring_field(k, CONSUMER_SLEEPS))
+            }
+            Some(Acquired::Staged { len: acquired }) if len <= acquired => {
+                let staging = std::mem::take(&mut self.staging);
+                let header = (len as u32).to_le_bytes();
+                let r = self.write_parts(&[&header, &staging[..len]], "commit");
+                self.staging = staging;
+                r
+            }
+            acquired => Err(ChannelError::BadCommit {
+                committed: len,
+                acquired: acquired.map(|a| match a {
+                    Acquired::InRing { len } | Acquired::Staged { len } => len,
+                }),
+            }),
+        }
+    }
+
+    fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    fn hand_over(mut self: Box<Self>) {
+        self.announce_close = false;
+    }
+}
+
+impl Drop for RingChannel {
+    fn drop(&mut self) {
+        if !self.announce_close {
+            return;
+        }
+        // Tell the peer, and wake it wherever it may sleep on our account.
+        if let Ok(closed) = self.word(OFF_CLOSED[self.side]) {
+            closed.store(1, Ordering::SeqCst);
+        }
+        for k in 0..2 {
+            for field in [HEAD, TAIL] {
+                if let Ok(w) = self.word(ring_field(k, field)) {
+                    futex(w, libc::FUTEX_WAKE, i32::MAX as u32, None);
+                }
+            }
+        }
+    }
+}
