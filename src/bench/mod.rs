@@ -23,11 +23,15 @@
 //! - `baseline.fork_wait`, `baseline.fork_exec_wait`,
 //!   `baseline.thread_spawn_join`: what a process or thread costs.
 //!
+//! - `channel.<mechanism>.<bytes>`: one call (request and reply) between
+//!   two host threads over each channel mechanism (see [`channels`]).
+//!
 //! Benchmarks named `breakdown.*` take the cold start apart (see
 //! [`breakdown`]); they run only when FILTER starts with `breakdown`.
 
 pub mod breakdown;
 pub mod cgi;
+pub mod channels;
 pub mod measure;
 pub mod server;
 pub mod throughput;
@@ -61,6 +65,8 @@ pub const ROUNDTRIP_SAMPLES: usize = 400;
 pub const WARM_SAMPLES: usize = 100;
 /// Samples per round for the process baselines.
 pub const PROCESS_SAMPLES: usize = 10;
+/// Samples per round for the host channel calls.
+pub const CHANNEL_SAMPLES: usize = 100;
 /// Samples per round for the thread baseline.
 pub const THREAD_SAMPLES: usize = 100;
 
@@ -209,6 +215,66 @@ const BENCHES: &[Bench] = &[
         needs: Needs::Nothing,
         samples: THREAD_SAMPLES,
         run: |n| server::measure(Baseline::ThreadSpawnJoin, n),
+    },
+    Bench {
+        name: "channel.shm-poll.8",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::ShmRingPoll, 8, n),
+    },
+    Bench {
+        name: "channel.shm-poll.4096",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::ShmRingPoll, 4096, n),
+    },
+    Bench {
+        name: "channel.shm-futex.8",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::ShmRingFutex, 8, n),
+    },
+    Bench {
+        name: "channel.shm-futex.4096",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::ShmRingFutex, 4096, n),
+    },
+    Bench {
+        name: "channel.pipe.8",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::Pipe, 8, n),
+    },
+    Bench {
+        name: "channel.pipe.4096",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::Pipe, 4096, n),
+    },
+    Bench {
+        name: "channel.unix.8",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::UnixSocket, 8, n),
+    },
+    Bench {
+        name: "channel.unix.4096",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::UnixSocket, 4096, n),
+    },
+    Bench {
+        name: "channel.tcp.8",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::Tcp, 8, n),
+    },
+    Bench {
+        name: "channel.tcp.4096",
+        needs: Needs::Nothing,
+        samples: CHANNEL_SAMPLES,
+        run: |n| channels::measure_channel_call(icf::ComMechanism::Tcp, 4096, n),
     },
 ];
 

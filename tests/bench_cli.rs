@@ -1,0 +1,37 @@
+//! `xos-vmm bench --json` on the host channel benchmarks (no KVM needed):
+//! the records a plotting or regression script reads.
+
+mod support;
+
+use support::{text, xos};
+
+#[test]
+fn bench_json_has_one_record_per_selected_channel_benchmark() {
+    let out = xos(&["bench", "--json", "channel.pipe"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON array");
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["channel.pipe.8", "channel.pipe.4096"]);
+    for r in &records {
+        let (p10, median, p90) = (
+            r["p10_ns"].as_u64().unwrap_or(0),
+            r["median_ns"].as_u64().unwrap_or(0),
+            r["p90_ns"].as_u64().unwrap_or(0),
+        );
+        assert!(0 < p10 && p10 <= median && median <= p90, "{r}");
+        assert_eq!(r["samples"].as_u64(), Some(5000), "{r}");
+    }
+}
+
+#[test]
+fn bench_with_an_unknown_filter_lists_the_benchmarks() {
+    let out = xos(&["bench", "no-such-benchmark"], b"");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no benchmark matches 'no-such-benchmark'"), "{err}");
+    assert!(err.contains("channel.shm-poll.8"), "{err}");
+}
