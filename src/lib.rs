@@ -46,6 +46,25 @@ pub mod units;
 pub use icf;
 pub use vmm;
 
+/// The hidden first argument that turns the `xos-vmm` binary into a process
+/// IC (see `icf::process`).
+pub const PROCESS_IC_ARG: &str = "__process-ic";
+
+/// The registry of the `xos-vmm` binary: every built-in factory, with this
+/// executable (run as `EXE __process-ic`) as the process factory's helper.
+/// Only meaningful inside the `xos-vmm` binary, whose `main` answers that
+/// argument; other embedders pass their own helper to
+/// [`Registry::with_process_helper`].
+pub fn binary_registry() -> Registry {
+    let helper = std::env::current_exe()
+        .ok()
+        .map(|program| icf::process::Helper {
+            program,
+            args: vec![PROCESS_IC_ARG.into()],
+        });
+    Registry::with_process_helper(helper)
+}
+
 use icf::{IcSpec, IsolationContext, IsolationContextFactory, Registry, RegistryError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

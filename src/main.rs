@@ -195,19 +195,11 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
-/// The hidden first argument that turns this program into a process IC
-/// (see `icf::process`).
-const PROCESS_IC: &str = "__process-ic";
+const PROCESS_IC: &str = xos_vmm::PROCESS_IC_ARG;
 
 /// The registry, with this program as the process factory's helper.
 fn registry() -> Registry {
-    let helper = std::env::current_exe()
-        .ok()
-        .map(|program| xos_vmm::icf::process::Helper {
-            program,
-            args: vec![PROCESS_IC.into()],
-        });
-    Registry::with_process_helper(helper)
+    xos_vmm::binary_registry()
 }
 
 fn main() -> ExitCode {

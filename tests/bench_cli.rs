@@ -3,11 +3,12 @@
 
 mod support;
 
-use support::{text, xos};
+use support::{kvm_available, text, xos};
 
-#[test]
-fn bench_json_has_one_record_per_selected_channel_benchmark() {
-    let out = xos(&["bench", "--json", "channel.pipe"], b"");
+/// Runs `xos-vmm bench --json FILTER`, checks that exactly `expected`
+/// records came out, each with sane statistics over `samples` samples.
+fn bench_records(filter: &str, expected: &[&str], samples: u64) {
+    let out = xos(&["bench", "--json", filter], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let records: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON array");
@@ -15,7 +16,7 @@ fn bench_json_has_one_record_per_selected_channel_benchmark() {
         .iter()
         .map(|r| r["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["channel.pipe.8", "channel.pipe.4096"]);
+    assert_eq!(names, expected);
     for r in &records {
         let (p10, median, p90) = (
             r["p10_ns"].as_u64().unwrap_or(0),
@@ -23,8 +24,45 @@ fn bench_json_has_one_record_per_selected_channel_benchmark() {
             r["p90_ns"].as_u64().unwrap_or(0),
         );
         assert!(0 < p10 && p10 <= median && median <= p90, "{r}");
-        assert_eq!(r["samples"].as_u64(), Some(5000), "{r}");
+        assert_eq!(r["samples"].as_u64(), Some(samples), "{r}");
     }
+}
+
+#[test]
+fn bench_json_has_one_record_per_selected_channel_benchmark() {
+    bench_records(
+        "channel.pipe",
+        &["channel.pipe.8", "channel.pipe.4096"],
+        5000,
+    );
+}
+
+#[test]
+fn bench_measures_thread_ic_host_calls_and_creation() {
+    bench_records(
+        "xic.thread",
+        &[
+            "xic.thread.host.hypercall.8",
+            "xic.thread.host.hypercall.4096",
+        ],
+        5000,
+    );
+    bench_records("create.thread", &["create.thread"], 300);
+}
+
+#[test]
+fn bench_measures_virtine_host_calls() {
+    if !kvm_available() {
+        return;
+    }
+    bench_records(
+        "xic.virtine",
+        &[
+            "xic.virtine.host.hypercall.8",
+            "xic.virtine.host.hypercall.4096",
+        ],
+        5000,
+    );
 }
 
 #[test]
@@ -32,6 +70,9 @@ fn bench_with_an_unknown_filter_lists_the_benchmarks() {
     let out = xos(&["bench", "no-such-benchmark"], b"");
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("no benchmark matches 'no-such-benchmark'"), "{err}");
+    assert!(
+        err.contains("no benchmark matches 'no-such-benchmark'"),
+        "{err}"
+    );
     assert!(err.contains("channel.shm-poll.8"), "{err}");
 }

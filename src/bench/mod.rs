@@ -26,6 +26,9 @@
 //! - `channel.<mechanism>.<bytes>`: one call (request and reply) between
 //!   two host threads over each channel mechanism (see [`channels`]).
 //!
+//! - `xic.<icf>.host.hypercall.<bytes>` and `create.<icf>`: cross-IC calls
+//!   and IC creation through the VIC layer (see [`xic`]).
+//!
 //! Benchmarks named `breakdown.*` take the cold start apart (see
 //! [`breakdown`]); they run only when FILTER starts with `breakdown`.
 
@@ -35,6 +38,7 @@ pub mod channels;
 pub mod measure;
 pub mod server;
 pub mod throughput;
+pub mod xic;
 
 use anyhow::Context;
 use std::io::Write;
@@ -65,6 +69,8 @@ pub const ROUNDTRIP_SAMPLES: usize = 400;
 pub const WARM_SAMPLES: usize = 100;
 /// Samples per round for the process baselines.
 pub const PROCESS_SAMPLES: usize = 10;
+/// Samples per round for the cross-IC host calls.
+pub const XIC_SAMPLES: usize = 100;
 /// Samples per round for the host channel calls.
 pub const CHANNEL_SAMPLES: usize = 100;
 /// Samples per round for the thread baseline.
@@ -275,6 +281,48 @@ const BENCHES: &[Bench] = &[
         needs: Needs::Nothing,
         samples: CHANNEL_SAMPLES,
         run: |n| channels::measure_channel_call(icf::ComMechanism::Tcp, 4096, n),
+    },
+    Bench {
+        name: "xic.virtine.host.hypercall.8",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_host_call("virtine", 8, n),
+    },
+    Bench {
+        name: "xic.virtine.host.hypercall.4096",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_host_call("virtine", 4096, n),
+    },
+    Bench {
+        name: "xic.thread.host.hypercall.8",
+        needs: Needs::Nothing,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_host_call("thread", 8, n),
+    },
+    Bench {
+        name: "xic.thread.host.hypercall.4096",
+        needs: Needs::Nothing,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_host_call("thread", 4096, n),
+    },
+    Bench {
+        name: "create.virtine",
+        needs: Needs::Kvm,
+        samples: COLD_SAMPLES,
+        run: |n| xic::measure_create("virtine", n),
+    },
+    Bench {
+        name: "create.process",
+        needs: Needs::Nothing,
+        samples: COLD_SAMPLES,
+        run: |n| xic::measure_create("process", n),
+    },
+    Bench {
+        name: "create.thread",
+        needs: Needs::Nothing,
+        samples: COLD_SAMPLES,
+        run: |n| xic::measure_create("thread", n),
     },
 ];
 
