@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod com_costs;
 pub mod serve;
 pub mod units;
 

@@ -51,9 +51,13 @@ enum Command {
     Serve(ServeArgs),
     /// List the registered isolation context factories and their availability.
     Icfs {
-        /// Also print the communication mechanisms registered per pair of kinds.
+        /// Also print the communication mechanisms registered per pair of
+        /// kinds, their measured cost, and the one the runtime chooses.
         #[arg(long)]
         com: bool,
+        /// Measure the costs again instead of using the cached ones.
+        #[arg(long, requires = "com")]
+        remeasure: bool,
     },
     /// List the example images built into this binary (usable as @NAME).
     Images,
@@ -219,7 +223,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Snapshot(args) => snapshot(args),
         Command::Serve(args) => serve(args),
-        Command::Icfs { com } => icfs(com),
+        Command::Icfs { com, remeasure } => icfs(com, remeasure),
         Command::Images => images(),
         Command::CgiBaseline { listen, program } => cgi_baseline(listen, &program),
         Command::Bench(args) => xos_vmm::bench::main(&args)
@@ -438,7 +442,7 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::from(outcome.exit.exit_code().clamp(0, 255) as u8))
 }
 
-fn icfs(com: bool) -> Result<ExitCode, Failure> {
+fn icfs(com: bool, remeasure: bool) -> Result<ExitCode, Failure> {
     let registry = registry();
     println!("{:<10} {:<12} DESCRIPTION", "ICF", "STATUS");
     for info in registry.get_icfs() {
@@ -453,12 +457,42 @@ fn icfs(com: bool) -> Result<ExitCode, Failure> {
         }
     }
     if com {
-        println!();
-        println!("{:<10} {:<10} {:<12} HOW", "KIND A", "KIND B", "MECHANISM");
-        for (a, b, mechanisms) in registry.com().pairs() {
-            for m in mechanisms {
-                println!("{a:<10} {b:<10} {:<12} {}", m.name(), m.description());
+        let report =
+            xos_vmm::com_costs::costs(&registry, remeasure, &mut |line| note!("xos-vmm: {line}"));
+        if report.from_cache {
+            if let Some(p) = &report.cache {
+                note!(
+                    "xos-vmm: costs from {} (--remeasure to measure again)",
+                    p.display()
+                );
             }
+        }
+        println!();
+        println!(
+            "{:<10} {:<10} {:<12} {:>12}  {:<6}  HOW",
+            "KIND A", "KIND B", "MECHANISM", "COST/CALL", "CHOSEN"
+        );
+        for (a, b, mechanisms) in registry.com().pairs() {
+            let chosen = registry
+                .com()
+                .choose(a, b, &report.costs, None)
+                .ok()
+                .map(|c| c.mechanism);
+            for &m in mechanisms {
+                let cost = report.costs.get(a, b, m).map_or_else(
+                    || "unmeasured".to_owned(),
+                    |c| format!("{:.2} µs", c.as_nanos() as f64 / 1000.0),
+                );
+                let mark = if chosen == Some(m) { "*" } else { "" };
+                println!(
+                    "{a:<10} {b:<10} {:<12} {cost:>12}  {mark:<6}  {}",
+                    m.name(),
+                    m.description()
+                );
+            }
+        }
+        for (a, b, m, why) in &report.unmeasured {
+            note!("xos-vmm: {a} <-> {b} over {} not measured: {why}", m.name());
         }
     }
     Ok(ExitCode::SUCCESS)

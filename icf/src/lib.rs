@@ -29,7 +29,7 @@ pub mod trap;
 pub mod virtine;
 
 pub use channel::{Channel, ChannelError};
-pub use com::{ComMechanism, ComTable};
+pub use com::{Choice, ChoiceReason, ComCosts, ComError, ComMechanism, ComTable};
 pub use error::IcfError;
 pub use factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage};
 pub use registry::{IcfInfo, Registry, RegistryError};
