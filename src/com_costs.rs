@@ -82,15 +82,10 @@ fn machine() -> String {
 /// 8-byte round trips.
 pub fn measure(a: &str, b: &str, mechanism: ComMechanism) -> anyhow::Result<Duration> {
     let samples = match mechanism {
-        ComMechanism::HypercallRelay => {
-            let guest = match (a, b) {
-                ("host", g) | (g, "host") => g,
-                _ => {
-                    anyhow::bail!("the hypercall relay is measured only between an IC and the host")
-                }
-            };
-            crate::bench::xic::measure_host_call(guest, 8, CALLS)?
-        }
+        ComMechanism::HypercallRelay => match (a, b) {
+            ("host", ic) | (ic, "host") => crate::bench::xic::measure_host_call(ic, 8, CALLS)?,
+            (a, b) => crate::bench::xic::measure_ic_call(a, b, 8, CALLS)?,
+        },
         m => crate::bench::channels::measure_channel_call(m, 8, CALLS)?,
     };
     let mut sorted = samples;

@@ -78,6 +78,11 @@ impl Registry {
         for kind in ["virtine", "thread"] {
             r.register_com(kind, "host", ComMechanism::HypercallRelay);
         }
+        // IC to IC: each end's monitor relays over a channel attached as
+        // host functions (`channel::attach`). Thread ICs run one at a time
+        // per process, so never two at once.
+        r.register_com("virtine", "virtine", ComMechanism::HypercallRelay);
+        r.register_com("virtine", "thread", ComMechanism::HypercallRelay);
         r
     }
 

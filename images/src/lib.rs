@@ -3,7 +3,7 @@
 //!
 //! - C images from `images/c/*.c`, compiled with `guest-runtime/c/xos-cc`
 //!   against the C guest runtime: `hello-c`, `sum-c`, `wc-c`, `trivial-c`,
-//!   `faults-c`, `hcloop-c`, `echo-c`;
+//!   `faults-c`, `hcloop-c`, `echo-c`, `chan-c`;
 //! - Rust images from the cargo workspace `images/rust` (no_std, on the
 //!   Rust guest runtime): `hello-rs`, `sum-rs`, `wc-rs` (and `panic-rs`
 //!   when that workspace has it);
@@ -92,6 +92,7 @@ mod tests {
         "faults-c",
         "hcloop-c",
         "echo-c",
+        "chan-c",
     ];
 
     fn u16_at(b: &[u8], off: usize) -> u16 {

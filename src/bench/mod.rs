@@ -307,6 +307,42 @@ const BENCHES: &[Bench] = &[
         run: |n| xic::measure_host_call("thread", 4096, n),
     },
     Bench {
+        name: "xic.virtine.virtine.hypercall.8",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("virtine", "virtine", 8, n),
+    },
+    Bench {
+        name: "xic.virtine.virtine.hypercall.4096",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("virtine", "virtine", 4096, n),
+    },
+    Bench {
+        name: "xic.virtine.thread.hypercall.8",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("virtine", "thread", 8, n),
+    },
+    Bench {
+        name: "xic.virtine.thread.hypercall.4096",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("virtine", "thread", 4096, n),
+    },
+    Bench {
+        name: "xic.thread.virtine.hypercall.8",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("thread", "virtine", 8, n),
+    },
+    Bench {
+        name: "xic.thread.virtine.hypercall.4096",
+        needs: Needs::Kvm,
+        samples: XIC_SAMPLES,
+        run: |n| xic::measure_ic_call("thread", "virtine", 4096, n),
+    },
+    Bench {
         name: "create.virtine",
         needs: Needs::Kvm,
         samples: COLD_SAMPLES,
@@ -378,6 +414,12 @@ pub const BARS: &[Bar] = &[
         numerator: "virtine.warm_call",
         denominator: "baseline.fork_exec_wait",
         limit: 0.2,
+        kind: BarKind::AtMost,
+    },
+    Bar {
+        numerator: "xic.virtine.virtine.hypercall.8",
+        denominator: "kvm.exit_roundtrip",
+        limit: 2.2,
         kind: BarKind::AtMost,
     },
     Bar {

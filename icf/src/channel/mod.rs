@@ -136,3 +136,47 @@ pub trait Channel: Send {
     /// closed: the other process keeps using it.
     fn hand_over(self: Box<Self>) {}
 }
+
+/// Makes channel endpoint `channel` reachable from the IC built from `spec`
+/// as three host functions (the hypercall relay: each call is one exit to
+/// the monitor, or one trap for a thread IC):
+///
+/// * `NAME.send` (input: the message; output: empty),
+/// * `NAME.recv` (input ignored; output: the next message),
+/// * `NAME.call` (input: the request; output: the reply).
+///
+/// A channel error (peer gone, timeout, ...) fails the host call with the
+/// error's text, so the guest sees `XOS_EHOSTFN` instead of hanging.
+pub fn attach(spec: &mut crate::IcSpec, name: &str, channel: Box<dyn Channel>) {
+    use std::sync::{Arc, Mutex};
+    let channel = Arc::new(Mutex::new(channel));
+    type Shared = Arc<Mutex<Box<dyn Channel>>>;
+    // A panic while holding the lock can only come from a host function of
+    // this same channel; the channel's state is still consistent.
+    fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Box<dyn Channel>> {
+        c.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    let ch = Arc::clone(&channel);
+    spec.host_functions
+        .register(format!("{name}.send"), move |msg: &[u8]| {
+            lock(&ch)
+                .send(msg)
+                .map(|()| Vec::new())
+                .map_err(|e| e.to_string())
+        });
+    let ch = Arc::clone(&channel);
+    spec.host_functions
+        .register(format!("{name}.recv"), move |_: &[u8]| {
+            let mut buf = Vec::new();
+            lock(&ch).recv(&mut buf).map_err(|e| e.to_string())?;
+            Ok(buf)
+        });
+    spec.host_functions
+        .register(format!("{name}.call"), move |request: &[u8]| {
+            let mut reply = Vec::new();
+            lock(&channel)
+                .call(request, &mut reply)
+                .map_err(|e| e.to_string())?;
+            Ok(reply)
+        });
+}
