@@ -40,7 +40,7 @@ fn bench_json_has_one_record_per_selected_channel_benchmark() {
 #[test]
 fn bench_measures_thread_ic_host_calls_and_creation() {
     bench_records(
-        "xic.thread",
+        "xic.thread.host",
         &[
             "xic.thread.host.hypercall.8",
             "xic.thread.host.hypercall.4096",
@@ -56,10 +56,18 @@ fn bench_measures_virtine_host_calls() {
         return;
     }
     bench_records(
-        "xic.virtine",
+        "xic.virtine.host",
         &[
             "xic.virtine.host.hypercall.8",
             "xic.virtine.host.hypercall.4096",
+        ],
+        5000,
+    );
+    bench_records(
+        "xic.virtine.virtine",
+        &[
+            "xic.virtine.virtine.hypercall.8",
+            "xic.virtine.virtine.hypercall.4096",
         ],
         5000,
     );
