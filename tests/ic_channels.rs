@@ -92,3 +92,36 @@ fn a_callee_that_goes_away_mid_call_fails_the_call_instead_of_hanging() {
     assert!(err.contains("call 0 returned"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_callee_process_that_dies_mid_call_fails_the_call_instead_of_hanging() {
+    if !kvm_available() {
+        return;
+    }
+    let (near, far) = RingChannel::pair(64 << 10, Notify::Futex).unwrap();
+    let mut far = Some(far);
+    let mut buf = Vec::with_capacity(1 << 16);
+    // SAFETY: the child only uses the ring (atomics, futex, a preallocated
+    // buffer) and leaves with _exit, never returning into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        if let Some(mut far) = far.take() {
+            let _ = far.recv(&mut buf);
+            std::mem::forget(far); // die without closing: only the pid tells
+        }
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    if let Some(far) = far.take() {
+        far.hand_over_in_process();
+    }
+    let t = Instant::now();
+    let (called, err) = run("virtine", chan_spec(&["call", "5", "8"], Box::new(near)));
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(called.exit, GuestExit::Exited(1), "{err}");
+    assert!(err.contains("call 0 returned"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

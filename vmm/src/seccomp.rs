@@ -88,6 +88,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_rseq,
+    // A host function waiting on a shared-memory channel checks whether
+    // the peer process still lives (icf::channel::ring): it opens a pidfd
+    // and polls it, nothing else.
+    libc::SYS_pidfd_open,
 ];
 
 fn build() -> Result<BpfProgram, SeccompError> {
