@@ -1,6 +1,6 @@
 /* chan call N SIZE | chan serve: one end of a cross-IC channel, reached
  * through the host functions the monitor attaches for it ("chan.call",
- * "chan.recv", "chan.send"; see icf::channel::attach).
+ * "chan.recv", "chan.reply_recv"; see icf::channel::attach).
  *
  *   chan call N SIZE  makes N calls with SIZE-byte requests and checks each
  *                     reply is the request with every byte plus one;
@@ -24,17 +24,19 @@ static int parse(const char *s, unsigned long long *out)
     return end != s && !*end;
 }
 
+/* One exit per request: the reply and the wait for the next request are
+ * one host call (chan.reply_recv). */
 static int serve(void)
 {
-    for (;;) {
-        long n = xos_host_call("chan.recv", 0, 0, request, MAX_SIZE);
-        if (n < 0)
-            return 0; /* the peer is gone: done */
+    long n = xos_host_call("chan.recv", 0, 0, request, MAX_SIZE);
+    while (n >= 0) {
         for (long i = 0; i < n; i++)
             request[i]++;
-        if (xos_host_call("chan.send", request, (size_t)n, 0, 0) < 0)
-            return 0;
+        memcpy(reply, request, (size_t)n);
+        n = xos_host_call("chan.reply_recv", reply, (size_t)n, request,
+                          MAX_SIZE);
     }
+    return 0; /* the peer is gone: done */
 }
 
 static int call(unsigned long long n, unsigned long long size)
