@@ -84,3 +84,47 @@ fn bench_with_an_unknown_filter_lists_the_benchmarks() {
     );
     assert!(err.contains("channel.shm-poll.8"), "{err}");
 }
+
+#[test]
+fn bench_plot_writes_an_svg_chart_of_the_records() {
+    let dir = support::scratch("bench-plot");
+    let svg = dir.join("chart.svg");
+    let out = xos(
+        &[
+            "bench",
+            "--json",
+            "--plot",
+            svg.to_str().unwrap(),
+            "channel.unix",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    assert!(
+        chart.starts_with("<svg"),
+        "{}",
+        &chart[..chart.len().min(200)]
+    );
+    for label in ["channel.unix.8", "channel.unix.4096", "log scale"] {
+        assert!(chart.contains(label), "{label} missing from the chart");
+    }
+    // Two bars (one per record).
+    assert!(chart.matches("<rect").count() >= 3, "{chart}");
+}
+
+#[test]
+fn bench_plot_into_a_missing_directory_is_a_clear_error() {
+    let out = xos(
+        &[
+            "bench",
+            "--plot",
+            "/nonexistent-dir/chart.svg",
+            "channel.unix.8",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent-dir/chart.svg"), "{err}");
+}

@@ -36,6 +36,7 @@ pub mod breakdown;
 pub mod cgi;
 pub mod channels;
 pub mod measure;
+pub mod plot;
 pub mod server;
 pub mod throughput;
 pub mod xic;
@@ -55,6 +56,9 @@ pub struct BenchArgs {
     /// Print one JSON array of records instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the latencies as an SVG chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Only run benchmarks whose name contains this.
     pub filter: Option<String>,
 }
@@ -484,6 +488,19 @@ pub fn main(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        // Fail before minutes of measuring, not after.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        anyhow::ensure!(
+            dir.is_dir(),
+            "cannot write the chart to {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
+    }
     let filter = args.filter.as_deref();
     let kvm = vmm::kvm::probe();
     let mut plan: Vec<(&'static str, usize, Measure)> = Vec::new();
@@ -544,6 +561,14 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
         records.push(Record::throughput(name, rps, requests));
     }
 
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "xos-vmm bench {}",
+            args.filter.as_deref().unwrap_or("(all)")
+        );
+        plot::write_svg(&records, path, &title)?;
+        eprintln!("chart written to {}", path.display());
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &records).context("cannot write the JSON records")?;
