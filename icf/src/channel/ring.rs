@@ -308,13 +308,13 @@ impl RingChannel {
         Ok(())
     }
 
-    fn peer_gone(&self, op: &'static str) -> Result<bool> {
+    /// Whether the peer closed its end or its process (if another) ended.
+    fn peer_gone(&self) -> Result<bool> {
         let peer = 1 - self.side;
         if self.word(OFF_CLOSED[peer])?.load(Ordering::SeqCst) != 0 {
             return Ok(true);
         }
         let pid = self.word(OFF_PID[peer])?.load(Ordering::SeqCst);
-        let _ = op;
         Ok(pid != own_pid() && pid != 0 && process_ended(pid as i32))
     }
 
@@ -356,7 +356,7 @@ impl RingChannel {
                     });
                 }
                 if now >= next_check || may_sleep {
-                    if self.peer_gone(op)? {
+                    if self.peer_gone()? {
                         // A last message may have landed before the close.
                         let seen = word.load(Ordering::SeqCst);
                         return if ready(seen) {
