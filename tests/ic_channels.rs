@@ -125,3 +125,47 @@ fn a_callee_process_that_dies_mid_call_fails_the_call_instead_of_hanging() {
     assert!(err.contains("call 0 returned"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_guest_waiting_on_a_silent_peer_is_stopped_at_its_time_limit() {
+    if !kvm_available() {
+        return;
+    }
+    use xos_vmm::icf::channel::stream::pipe_pair;
+    use xos_vmm::icf::ChannelError;
+    let pairs: Vec<(Box<dyn Channel>, Box<dyn Channel>)> = vec![
+        {
+            let (a, b) = RingChannel::pair(64 << 10, Notify::Futex).unwrap();
+            (Box::new(a), Box::new(b))
+        },
+        {
+            let (a, b) = pipe_pair().unwrap();
+            (Box::new(a), Box::new(b))
+        },
+    ];
+    for (near, mut far) in pairs {
+        let name = near.mechanism().name();
+        // The peer stays alive and never sends: only the time limit helps.
+        let mut spec = chan_spec(&["serve"], near);
+        spec.timeout = Some(Duration::from_millis(300));
+        let t = Instant::now();
+        let (outcome, _) = run("virtine", spec);
+        assert!(
+            matches!(outcome.exit, GuestExit::TimedOut { .. }),
+            "{name}: {:?}",
+            outcome.exit
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+        // The vCPU thread really left the host function: the guest's end
+        // of the channel is released, so the peer sees it gone.
+        far.set_timeout(Some(Duration::from_secs(10)));
+        match far.recv(&mut Vec::new()) {
+            Err(ChannelError::PeerGone { .. }) => {}
+            other => panic!("{name}: expected PeerGone, got {other:?}"),
+        }
+    }
+}

@@ -60,6 +60,17 @@ pub enum ChannelError {
         /// The timeout.
         timeout: Duration,
     },
+    /// The IC whose host function was waiting on the channel is being
+    /// stopped (its time limit passed or it was killed).
+    #[error(
+        "stopped while waiting on the {mechanism} channel (during {op}): the IC's run was stopped"
+    )]
+    Stopped {
+        /// The mechanism's short name.
+        mechanism: &'static str,
+        /// The operation.
+        op: &'static str,
+    },
     /// `commit` without a matching `acquire`, or of more bytes than acquired.
     #[error("commit({committed}) does not match the preceding acquire({acquired:?}); call acquire(len) first and commit at most len bytes")]
     BadCommit {

@@ -355,6 +355,12 @@ impl RingChannel {
                         timeout: self.timeout.unwrap_or_default(),
                     });
                 }
+                if vmm::interrupt::stop_requested() {
+                    return Err(ChannelError::Stopped {
+                        mechanism: self.name(),
+                        op,
+                    });
+                }
                 if now >= next_check || may_sleep {
                     if self.peer_gone()? {
                         // A last message may have landed before the close.

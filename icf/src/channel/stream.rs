@@ -94,9 +94,31 @@ where
     /// Write the frame in `staging[..HEADER + len]`, header filled here.
     fn write_staged(&mut self, len: usize, op: &'static str) -> Result<()> {
         self.staging[..HEADER].copy_from_slice(&(len as u32).to_le_bytes());
-        let frame = &self.staging[..HEADER + len];
-        if let Err(e) = self.writer.write_all(frame) {
-            return Err(self.io_error(op, e));
+        let mut done = 0;
+        while done < HEADER + len {
+            match self.writer.write(&self.staging[done..HEADER + len]) {
+                Ok(0) => {
+                    return Err(ChannelError::PeerGone {
+                        mechanism: self.name(),
+                        op,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => self.check_stop(op)?,
+                Err(e) => return Err(self.io_error(op, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a blocking call was interrupted: give up if the IC's run is
+    /// being stopped (see [`vmm::interrupt::stop_requested`]).
+    fn check_stop(&self, op: &'static str) -> Result<()> {
+        if vmm::interrupt::stop_requested() {
+            return Err(ChannelError::Stopped {
+                mechanism: self.name(),
+                op,
+            });
         }
         Ok(())
     }
@@ -115,6 +137,7 @@ where
                 });
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            self.check_stop("recv")?;
             if poll_readable(self.reader.as_fd(), ms).map_err(|e| self.io_error("recv", e))? {
                 return Ok(());
             }
@@ -133,7 +156,7 @@ where
                     })
                 }
                 Ok(n) => done += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => self.check_stop("recv")?,
                 Err(e) => return Err(self.io_error("recv", e)),
             }
         }
