@@ -143,13 +143,13 @@ fn a_guest_waiting_on_a_silent_peer_is_stopped_at_its_time_limit() {
             (Box::new(a), Box::new(b))
         },
     ];
-    for (near, mut far) in pairs {
-        let name = near.mechanism().name();
+    for (kind, (near, mut far)) in ["virtine", "thread"].into_iter().zip(pairs) {
+        let name = format!("{kind} over {}", near.mechanism().name());
         // The peer stays alive and never sends: only the time limit helps.
         let mut spec = chan_spec(&["serve"], near);
         spec.timeout = Some(Duration::from_millis(300));
         let t = Instant::now();
-        let (outcome, _) = run("virtine", spec);
+        let (outcome, _) = run(kind, spec);
         assert!(
             matches!(outcome.exit, GuestExit::TimedOut { .. }),
             "{name}: {:?}",

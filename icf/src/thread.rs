@@ -122,6 +122,9 @@ thread_local! {
     static RUNNING: Cell<*mut Running> = const { Cell::new(ptr::null_mut()) };
 }
 
+/// How often a stopping thread IC is signalled again.
+const RESIGNAL: Duration = Duration::from_millis(10);
+
 /// One thread IC per process at a time (the fixed layout).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -243,13 +246,17 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let gregs = &mut uc.uc_mcontext.gregs;
         let rip = gregs[libc::REG_RIP as usize] as u64;
         if sig == stop_signal() {
-            let exit = match running.stop.load(Ordering::SeqCst) {
-                2 => GuestExit::Killed,
-                _ => GuestExit::TimedOut {
-                    limit: Duration::ZERO,
-                    regs: Box::new(regs_of(gregs, 0)),
-                },
-            };
+            if rip >= running.mem_size {
+                // Host code: a hypercall (maybe a host function waiting on
+                // a channel) or the entry trampoline. Jumping out of it
+                // would skip its destructors and locks; tell host waits to
+                // give up instead. The doorbell path ends the run when the
+                // hypercall returns, and the stopper repeats the signal
+                // until the guest is gone.
+                vmm::interrupt::request_stop_here();
+                return;
+            }
+            let exit = stop_exit(running, gregs);
             let _ = running.hypercalls.drain_output(&running.mem);
             leave(running, gregs, exit);
             return;
@@ -307,10 +314,29 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             }),
             Err(e) => Some(fault_text(&e.to_string())),
         };
+        let exit = match exit {
+            // A stop that arrived while the hypercall was served.
+            None if running.stop.load(Ordering::SeqCst) != 0 => {
+                let _ = running.hypercalls.drain_output(&running.mem);
+                Some(stop_exit(running, gregs))
+            }
+            e => e,
+        };
         match exit {
             None => gregs[libc::REG_RIP as usize] = (rip + len as u64) as i64,
             Some(exit) => leave(running, gregs, exit),
         }
+    }
+}
+
+/// How a stopped run ends: killed, or out of time.
+fn stop_exit(running: &Running, gregs: &[libc::greg_t; 23]) -> GuestExit {
+    match running.stop.load(Ordering::SeqCst) {
+        2 => GuestExit::Killed,
+        _ => GuestExit::TimedOut {
+            limit: Duration::ZERO,
+            regs: Box::new(regs_of(gregs, 0)),
+        },
     }
 }
 
@@ -328,6 +354,7 @@ fn run_on_this_thread(
     mut io: GuestIo,
     stop: Arc<AtomicU8>,
 ) -> Result<GuestExit, String> {
+    vmm::interrupt::clear_stop_request();
     let mem_size = vmm::memory::checked_size(spec.mem_size).map_err(|e| e.to_string())?;
     let mem = map_guest(mem_size)?;
     let setup = BootSetup {
@@ -418,6 +445,7 @@ impl IsolationContext for ThreadIc {
             use std::os::unix::thread::JoinHandleExt;
             handle.as_pthread_t()
         };
+        let mut last_signal: Option<Instant> = None;
         while !handle.is_finished() {
             let reason = match interrupter.reason() {
                 StopReason::None if deadline.is_some_and(|d| Instant::now() >= d) => {
@@ -430,6 +458,14 @@ impl IsolationContext for ThreadIc {
                     if reason == StopReason::Kill { 2 } else { 1 },
                     Ordering::SeqCst,
                 );
+                last_signal = None;
+            }
+            // Signal until the thread is done: a signal that lands in host
+            // code (a hypercall) only asks it to stop (see `on_signal`).
+            if stop.load(Ordering::SeqCst) != 0
+                && last_signal.is_none_or(|t: Instant| t.elapsed() >= RESIGNAL)
+            {
+                last_signal = Some(Instant::now());
                 // SAFETY: the thread is alive (not finished); the signal's
                 // handler is installed.
                 unsafe { libc::pthread_kill(thread, stop_signal()) };

@@ -56,6 +56,19 @@ pub fn stop_requested() -> bool {
     KICKED.with(Cell::get)
 }
 
+/// Marks the current run on this thread as being stopped, for runtimes
+/// that stop guests with their own signal (the thread ICF): host waits done
+/// on the guest's behalf then give up as they do after a kick.
+/// Async-signal-safe.
+pub fn request_stop_here() {
+    KICKED.with(|k| k.set(true));
+}
+
+/// Clears [`request_stop_here`] (and a kick) before this thread's next run.
+pub fn clear_stop_request() {
+    KICKED.with(|k| k.set(false));
+}
+
 /// Installs the kick handler once per process.
 pub fn install_handler() -> Result<(), InterruptError> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
