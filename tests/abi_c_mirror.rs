@@ -32,6 +32,22 @@ int main(void) {
     P("output", offsetof(struct xos_boot_info, output));
     P("hypercall", offsetof(struct xos_boot_info, hypercall));
     P("ret", offsetof(struct xos_hypercall, ret));
+    P("window", offsetof(struct xos_boot_info, window));
+    P("window_side", offsetof(struct xos_window_info, side));
+    P("window_flags", offsetof(struct xos_window_info, flags));
+    P("window_addr", XOS_WINDOW); P("max_window", XOS_MAX_WINDOW_SIZE);
+    P("may_sleep", XOS_WINDOW_MAY_SLEEP);
+    P("window_wait", XOS_HC_WINDOW_WAIT); P("window_wake", XOS_HC_WINDOW_WAKE);
+    P("epipe", -XOS_EPIPE);
+    P("ring_magic", XOS_RING_MAGIC); P("ring_control", XOS_RING_CONTROL);
+    P("ring_off_magic", XOS_RING_OFF_MAGIC); P("ring_off_capacity", XOS_RING_OFF_CAPACITY);
+    P("ring_pid0", XOS_RING_OFF_PID(0)); P("ring_pid1", XOS_RING_OFF_PID(1));
+    P("ring_closed0", XOS_RING_OFF_CLOSED(0)); P("ring_closed1", XOS_RING_OFF_CLOSED(1));
+    P("ring_f_head1", XOS_RING_FIELD(1, XOS_RING_HEAD));
+    P("ring_f_tail0", XOS_RING_FIELD(0, XOS_RING_TAIL));
+    P("ring_f_cs1", XOS_RING_FIELD(1, XOS_RING_CONSUMER_SLEEPS));
+    P("ring_f_ps0", XOS_RING_FIELD(0, XOS_RING_PRODUCER_SLEEPS));
+    P("ring_header", XOS_RING_HEADER);
     P("size", sizeof(struct xos_boot_info));
     P("record", sizeof(struct xos_output_record));
     P("version", XOS_ABI_VERSION);
@@ -83,6 +99,28 @@ int main(void) {
         ("output", offset_of!(BootInfo, output) as u64),
         ("hypercall", offset_of!(BootInfo, hypercall) as u64),
         ("ret", offset_of!(Hypercall, ret) as u64),
+        ("window", offset_of!(BootInfo, window) as u64),
+        ("window_side", offset_of!(WindowInfo, side) as u64),
+        ("window_flags", offset_of!(WindowInfo, flags) as u64),
+        ("window_addr", WINDOW),
+        ("max_window", MAX_WINDOW_SIZE),
+        ("may_sleep", u64::from(WINDOW_MAY_SLEEP)),
+        ("window_wait", u64::from(nr::WINDOW_WAIT)),
+        ("window_wake", u64::from(nr::WINDOW_WAKE)),
+        ("epipe", (-err::EPIPE) as u64),
+        ("ring_magic", u64::from(ring::MAGIC)),
+        ("ring_control", ring::CONTROL),
+        ("ring_off_magic", ring::OFF_MAGIC),
+        ("ring_off_capacity", ring::OFF_CAPACITY),
+        ("ring_pid0", ring::OFF_PID[0]),
+        ("ring_pid1", ring::OFF_PID[1]),
+        ("ring_closed0", ring::OFF_CLOSED[0]),
+        ("ring_closed1", ring::OFF_CLOSED[1]),
+        ("ring_f_head1", ring::field(1, ring::HEAD)),
+        ("ring_f_tail0", ring::field(0, ring::TAIL)),
+        ("ring_f_cs1", ring::field(1, ring::CONSUMER_SLEEPS)),
+        ("ring_f_ps0", ring::field(0, ring::PRODUCER_SLEEPS)),
+        ("ring_header", ring::HEADER),
         ("size", size_of::<BootInfo>() as u64),
         ("record", OUTPUT_RECORD_SIZE),
         ("version", u64::from(ABI_VERSION)),

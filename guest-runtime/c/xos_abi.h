@@ -23,12 +23,34 @@
 #define XOS_HC_HOST_CALL 6
 #define XOS_HC_NOP 7
 #define XOS_HC_READY 8
+#define XOS_HC_WINDOW_WAIT 9
+#define XOS_HC_WINDOW_WAKE 10
+
+/* The channel window (BootInfo.window): a shared-memory ring channel. */
+#define XOS_WINDOW 0x500000000ull
+#define XOS_MAX_WINDOW_SIZE 0x200000ull
+#define XOS_WINDOW_MAY_SLEEP 1u
+
+/* Ring layout inside the window (abi::ring). */
+#define XOS_RING_MAGIC 0x474e5258u /* "XRNG" little endian */
+#define XOS_RING_CONTROL 4096u
+#define XOS_RING_OFF_MAGIC 0u
+#define XOS_RING_OFF_CAPACITY 4u
+#define XOS_RING_OFF_PID(side) (64u + 64u * (side))
+#define XOS_RING_OFF_CLOSED(side) (192u + 64u * (side))
+#define XOS_RING_HEAD 0u
+#define XOS_RING_TAIL 1u
+#define XOS_RING_CONSUMER_SLEEPS 2u
+#define XOS_RING_PRODUCER_SLEEPS 3u
+#define XOS_RING_FIELD(k, field) (512u + 1024u * (k) + 128u * (field))
+#define XOS_RING_HEADER 4u
 
 #define XOS_EFAULT (-14)
 #define XOS_EINVAL (-22)
 #define XOS_ENOENT (-2)
 #define XOS_E2BIG (-7)
 #define XOS_EIO (-5)
+#define XOS_EPIPE (-32)
 #define XOS_EHOSTFN (-1000)
 
 struct xos_output_record {
@@ -50,6 +72,13 @@ struct xos_hypercall {
     uint64_t reserved;
 };
 
+struct xos_window_info {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t side;
+    uint32_t flags;
+};
+
 struct xos_boot_info {
     uint64_t magic;
     uint32_t abi_version;
@@ -65,6 +94,7 @@ struct xos_boot_info {
     struct xos_stdin_state stdin_state;
     struct xos_output_state output;
     struct xos_hypercall hypercall;
+    struct xos_window_info window;
 };
 
 #endif

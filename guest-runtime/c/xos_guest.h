@@ -55,6 +55,23 @@ void xos_flush(void);
  * reading stdin. */
 int xos_ready(void);
 
+/* ---- channel window ---------------------------------------------------- */
+/* When the monitor gave this IC one end of a shared-memory ring channel
+ * (BootInfo.window), messages go through memory: no exit per message, only
+ * when a side sleeps or wakes the other (docs/ABI.md, "Channel window").
+ * Each call returns a negative XOS_E* error: XOS_EINVAL without a window,
+ * XOS_EPIPE when the peer is gone, XOS_EIO when the window is corrupt,
+ * XOS_E2BIG when a message does not fit `cap` (it is consumed). */
+
+/* 1 when a usable channel window is mapped, else 0. */
+int xos_chan_window(void);
+/* Sends `len` bytes as one message; 0 on success. */
+long xos_chan_send(const void *msg, size_t len);
+/* Receives the next message into `buf`; returns its length. */
+long xos_chan_recv(void *buf, size_t cap);
+/* Sends `request`, then receives the reply into `reply`. */
+long xos_chan_call(const void *request, size_t len, void *reply, size_t cap);
+
 /* ---- errno ------------------------------------------------------------- */
 
 extern int errno;

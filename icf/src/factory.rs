@@ -38,6 +38,10 @@ pub struct IcSpec {
     pub host_functions: HostFunctions,
     /// Most output bytes a run may produce (`None`: no limit).
     pub output_limit: Option<u64>,
+    /// One end of a ring channel the IC's guest uses through its channel
+    /// window (`xos_chan_*` in the C runtime): messages through memory,
+    /// no exit per message.
+    pub window: Option<crate::channel::ring::GuestEnd>,
 }
 
 impl IcSpec {
@@ -52,6 +56,7 @@ impl IcSpec {
             timeout: None,
             host_functions: HostFunctions::new(),
             output_limit: None,
+            window: None,
         }
     }
 }

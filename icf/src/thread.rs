@@ -362,19 +362,31 @@ fn run_on_this_thread(
         args: &spec.args,
         env: &spec.env,
     };
-    let prepared = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin);
-    let layout = match prepared {
-        Ok(l) => l,
+    let prepared = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)
+        .map_err(|e| e.to_string())
+        .and_then(|layout| {
+            let Some(end) = &spec.window else {
+                return Ok((layout, mem, None, None));
+            };
+            let window = end.window().map_err(|e| e.to_string())?;
+            vmm::layout::write_window_info(&mem, &window.info()).map_err(|e| e.to_string())?;
+            let (mem, mapping) = window
+                .map_at_fixed_address(mem)
+                .map_err(|e| e.to_string())?;
+            Ok((layout, mem, Some(window), Some(mapping)))
+        });
+    let (layout, mem, window, window_mapping) = match prepared {
+        Ok(p) => p,
         Err(e) => {
-            drop(mem);
             unmap_guest(mem_size);
-            return Err(e.to_string());
+            return Err(e);
         }
     };
     let mut running = Box::new(Running {
         mem,
         hypercalls: Hypercalls::new(layout, io, spec.host_functions.clone())
-            .with_output_limit(spec.output_limit),
+            .with_output_limit(spec.output_limit)
+            .with_window(window),
         host_rsp: 0,
         exit: None,
         mem_size,
@@ -415,6 +427,7 @@ fn run_on_this_thread(
     drop(alt);
     let exit = running.exit.take();
     drop(running);
+    drop(window_mapping);
     unmap_guest(mem_size);
     exit.ok_or_else(|| "the guest left without a result".to_owned())
 }
@@ -429,6 +442,9 @@ impl IsolationContext for ThreadIc {
         let interrupter = std::mem::take(&mut self.interrupter);
         self.interrupter = Interrupter::new();
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(end) = &self.spec.window {
+            end.run_starting(std::process::id());
+        }
         let start = Instant::now();
         let spec = self.spec.clone();
         let stop = Arc::new(AtomicU8::new(0));
@@ -472,7 +488,11 @@ impl IsolationContext for ThreadIc {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let result = handle.join().map_err(|_| IcfError::Unavailable {
+        let joined = handle.join();
+        if let Some(end) = &self.spec.window {
+            end.run_ended();
+        }
+        let result = joined.map_err(|_| IcfError::Unavailable {
             icf: NAME,
             reason: "the IC's thread panicked".into(),
         })?;

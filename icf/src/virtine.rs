@@ -6,6 +6,7 @@
 //! guest's ready point (`ic_dump` takes one, `ic_restore` reads one), so
 //! initialisation is paid once.
 
+use crate::channel::ring::GuestEnd;
 use crate::error::IcfError;
 use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
 use std::sync::Arc;
@@ -40,6 +41,12 @@ impl IsolationContextFactory for VirtineFactory {
         if let Availability::Unavailable(reason) = self.init() {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
+        let window = spec
+            .window
+            .as_ref()
+            .map(|end| end.window())
+            .transpose()
+            .map_err(vmm::RunError::from)?;
         Ok(Box::new(Virtine {
             config: RunConfig {
                 mem_size: spec.mem_size,
@@ -48,10 +55,12 @@ impl IsolationContextFactory for VirtineFactory {
                 timeout: spec.timeout,
                 host_functions: spec.host_functions,
                 output_limit: spec.output_limit,
+                window,
                 ..RunConfig::default()
             },
             start: Start::Image(spec.program),
             interrupter: Interrupter::new(),
+            window_end: spec.window,
         }))
     }
 
@@ -77,6 +86,8 @@ pub struct Virtine {
     start: Start,
     config: RunConfig,
     interrupter: Interrupter,
+    /// The ring side behind the channel window, closed after every run.
+    window_end: Option<GuestEnd>,
 }
 
 impl Virtine {
@@ -87,6 +98,7 @@ impl Virtine {
             start: Start::Snapshot(snapshot),
             config,
             interrupter: Interrupter::new(),
+            window_end: None,
         }
     }
 
@@ -123,12 +135,18 @@ impl IsolationContext for Virtine {
         // A fresh handle per run: a kill aimed at an earlier run must not
         // stop this one.
         let interrupter = std::mem::take(&mut self.interrupter);
+        if let Some(end) = &self.window_end {
+            end.run_starting(std::process::id());
+        }
         let result = match &self.start {
             Start::Image(program) => vmm::run_program(program, &self.config, io, &interrupter),
             Start::Snapshot(snapshot) => PreparedRun::from_snapshot(snapshot, &self.config, io)
                 .and_then(|run| run.run(&interrupter)),
         };
         self.interrupter = Interrupter::new();
+        if let Some(end) = &self.window_end {
+            end.run_ended();
+        }
         Ok(result?)
     }
 

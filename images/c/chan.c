@@ -1,9 +1,14 @@
-/* chan call N SIZE | chan serve: one end of a cross-IC channel, reached
- * through the host functions the monitor attaches for it ("chan.call",
- * "chan.recv", "chan.reply_recv"; see icf::channel::attach).
+/* chan call N SIZE [BATCH] | chan serve: one end of a cross-IC channel,
+ * whichever way the monitor provides it: a channel window mapped into the
+ * guest (xos_chan_*, no exit per message) when there is one, else the host
+ * functions of icf::channel::attach ("chan.call", "chan.recv",
+ * "chan.reply_recv"), one exit per call.
  *
- *   chan call N SIZE  makes N calls with SIZE-byte requests and checks each
- *                     reply is the request with every byte plus one;
+ *   chan call N SIZE [BATCH]  makes N calls with SIZE-byte requests and
+ *                     checks each reply is the request with every byte plus
+ *                     one; with BATCH, calls the host function "tick"
+ *                     before the first call and after every BATCH calls
+ *                     (benchmarks time batches of window calls that way);
  *   chan serve        answers every request that way until the channel
  *                     fails (the peer closed it), then exits 0.
  *
@@ -28,6 +33,16 @@ static int parse(const char *s, unsigned long long *out)
  * one host call (chan.reply_recv). */
 static int serve(void)
 {
+    if (xos_chan_window()) {
+        long n;
+        while ((n = xos_chan_recv(request, MAX_SIZE)) >= 0) {
+            for (long i = 0; i < n; i++)
+                request[i]++;
+            if (xos_chan_send(request, (size_t)n) < 0)
+                break;
+        }
+        return 0; /* the peer is gone: done */
+    }
     long n = xos_host_call("chan.recv", 0, 0, request, MAX_SIZE);
     while (n >= 0) {
         for (long i = 0; i < n; i++)
@@ -39,12 +54,18 @@ static int serve(void)
     return 0; /* the peer is gone: done */
 }
 
-static int call(unsigned long long n, unsigned long long size)
+static int call(unsigned long long n, unsigned long long size,
+                unsigned long long batch)
 {
+    int window = xos_chan_window();
     for (unsigned long long i = 0; i < n; i++) {
+        if (batch && i % batch == 0)
+            xos_host_call("tick", 0, 0, 0, 0);
         for (unsigned long long j = 0; j < size; j++)
             request[j] = (unsigned char)(i + j);
-        long r = xos_host_call("chan.call", request, size, reply, MAX_SIZE);
+        long r = window ? xos_chan_call(request, size, reply, MAX_SIZE)
+                        : xos_host_call("chan.call", request, size, reply,
+                                        MAX_SIZE);
         if (r != (long)size) {
             fprintf(stderr, "chan: call %llu returned %ld, expected %llu\n", i,
                     r, size);
@@ -57,17 +78,21 @@ static int call(unsigned long long n, unsigned long long size)
             }
         }
     }
+    if (batch && n % batch == 0)
+        xos_host_call("tick", 0, 0, 0, 0);
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    unsigned long long n, size;
+    unsigned long long n, size, batch = 0;
     if (argc == 2 && !strcmp(argv[1], "serve"))
         return serve();
-    if (argc == 4 && !strcmp(argv[1], "call") && parse(argv[2], &n) &&
-        parse(argv[3], &size) && size <= MAX_SIZE)
-        return call(n, size);
-    fprintf(stderr, "usage: chan call N SIZE(<=%d) | chan serve\n", MAX_SIZE);
+    if ((argc == 4 || argc == 5) && !strcmp(argv[1], "call") &&
+        parse(argv[2], &n) && parse(argv[3], &size) && size <= MAX_SIZE &&
+        (argc == 4 || (parse(argv[4], &batch) && batch > 0)))
+        return call(n, size, batch);
+    fprintf(stderr, "usage: chan call N SIZE(<=%d) [BATCH] | chan serve\n",
+            MAX_SIZE);
     return 2;
 }

@@ -13,7 +13,9 @@ use crate::io::GuestIo;
 use crate::layout::{
     boot_field, GuestLayout, HYPERCALL_OFFSET, HYPERCALL_RET_OFFSET, OUTPUT_OFFSET, STDIN_OFFSET,
 };
+use crate::window::{self, SharedWindow};
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xos_abi::{err, nr, Hypercall, OutputRecord, OutputState, StdinState, OUTPUT_RECORD_SIZE};
 
@@ -74,6 +76,8 @@ pub struct Hypercalls {
     /// Guest ranges the monitor wrote besides BootInfo and the stdin
     /// buffer (host-call results), for warm-pool resets.
     host_written: Vec<(u64, u64)>,
+    /// The channel window, when the run has one.
+    window: Option<SharedWindow>,
     /// Hypercalls served.
     pub count: u64,
 }
@@ -94,6 +98,7 @@ impl Hypercalls {
             output_total: 0,
             output_limit: None,
             host_written: Vec::new(),
+            window: None,
             count: 0,
         }
     }
@@ -102,6 +107,13 @@ impl Hypercalls {
     /// more than `limit` bytes to stdout and stderr together.
     pub fn with_output_limit(mut self, limit: Option<u64>) -> Self {
         self.output_limit = limit;
+        self
+    }
+
+    /// Serves the window hypercalls for `window`, which the caller has
+    /// mapped into the guest's memory.
+    pub fn with_window(mut self, window: Option<SharedWindow>) -> Self {
+        self.window = window;
         self
     }
 
@@ -159,6 +171,14 @@ impl Hypercalls {
                 let r = self.host_call(mem, a)?;
                 self.ret(mem, r)
             }
+            nr::WINDOW_WAIT => {
+                let r = self.window_wait(mem, a[0], a[1], a[2]);
+                self.ret(mem, r)
+            }
+            nr::WINDOW_WAKE => {
+                let r = self.window_wake(mem, a[0]);
+                self.ret(mem, r)
+            }
             _ => self.ret(mem, err::EINVAL),
         }
     }
@@ -168,6 +188,39 @@ impl Hypercalls {
         let at = boot_field(HYPERCALL_RET_OFFSET);
         mem.write_obj(value, at).map_err(mem_err(at.0))?;
         Ok(Next::Resume)
+    }
+
+    /// `WINDOW_WAIT`: sleep (at most [`window::MAX_WAIT`]) while the
+    /// window word at `offset` holds `seen`; `EPIPE` once the peer is gone.
+    fn window_wait(&self, mem: &GuestMemoryMmap, offset: u64, seen: u64, micros: u64) -> i64 {
+        let Some(w) = &self.window else {
+            return err::EINVAL;
+        };
+        let Some(word) = window::word(mem, w.size(), offset) else {
+            return err::EINVAL;
+        };
+        if w.peer_gone() {
+            return err::EPIPE;
+        }
+        let nap = std::time::Duration::from_micros(micros).min(window::MAX_WAIT);
+        if !nap.is_zero() && word.load(Ordering::SeqCst) == seen as u32 {
+            window::futex_wait(word, seen as u32, nap);
+        }
+        0
+    }
+
+    /// `WINDOW_WAKE`: wake the sleepers on the window word at `offset`.
+    fn window_wake(&self, mem: &GuestMemoryMmap, offset: u64) -> i64 {
+        let Some(w) = &self.window else {
+            return err::EINVAL;
+        };
+        match window::word(mem, w.size(), offset) {
+            Some(word) => {
+                window::futex_wake(word, u32::MAX >> 1);
+                0
+            }
+            None => err::EINVAL,
+        }
     }
 
     fn readable(&self, addr: u64, len: u64) -> bool {

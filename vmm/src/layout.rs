@@ -6,7 +6,9 @@ use crate::io::GuestInput;
 use crate::loader::{ImageError, Program};
 use std::mem::offset_of;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use xos_abi::{align_up, layout, BootInfo, OutputState, StdinState, ABI_VERSION, BOOT_MAGIC};
+use xos_abi::{
+    align_up, layout, BootInfo, OutputState, StdinState, WindowInfo, ABI_VERSION, BOOT_MAGIC,
+};
 
 /// Errors preparing a run's memory.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,17 @@ pub const OUTPUT_OFFSET: usize = offset_of!(BootInfo, output);
 pub const HYPERCALL_OFFSET: usize = offset_of!(BootInfo, hypercall);
 /// Offset of `hypercall.ret` in BootInfo.
 pub const HYPERCALL_RET_OFFSET: usize = HYPERCALL_OFFSET + offset_of!(xos_abi::Hypercall, ret);
+
+/// Tells the guest where its channel window is (`BootInfo.window`).
+pub fn write_window_info(mem: &GuestMemoryMmap, info: &WindowInfo) -> Result<(), LayoutError> {
+    let at = boot_field(offset_of!(BootInfo, window));
+    mem.write_obj(*info, at)
+        .map_err(|source| LayoutError::Write {
+            what: "channel window description",
+            addr: at.0,
+            source,
+        })
+}
 
 /// Arguments and environment, encoded for the guest.
 struct ArgBlock {
@@ -211,6 +224,7 @@ impl GuestLayout {
                 reserved: 0,
             },
             hypercall: Default::default(),
+            window: WindowInfo::default(),
         };
         mem.write_obj(info, GuestAddress(layout::BOOT_INFO))
             .map_err(|source| LayoutError::Write {

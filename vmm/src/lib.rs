@@ -14,6 +14,8 @@
 //!   [`pool`]: warm instances of a snapshot, reset after every call.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
+//! - [`window`]: memory shared with a peer, mapped into the guest (the
+//!   channel window).
 #![deny(missing_docs)]
 
 pub mod arch;
@@ -34,6 +36,7 @@ pub mod reaper;
 pub mod runner;
 pub mod seccomp;
 pub mod snapshot;
+pub mod window;
 
 pub use exit::{Fault, GuestExit, GuestRegs, RunStats};
 pub use host_fn::HostFunctions;
@@ -41,3 +44,4 @@ pub use interrupt::Interrupter;
 pub use io::{GuestIo, SharedBuffer};
 pub use loader::{ImageError, Program};
 pub use runner::{run_program, RunConfig, RunError, RunOutcome};
+pub use window::SharedWindow;

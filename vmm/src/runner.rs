@@ -24,6 +24,7 @@ use crate::machine::{create_vcpu, create_vm, prepare_memory, Machine, MachineErr
 use crate::reaper;
 use crate::seccomp::SeccompError;
 use crate::snapshot::{Snapshot, SnapshotError};
+use crate::window::{SharedWindow, WindowError};
 use kvm_ioctls::VcpuExit;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ pub enum RunError {
     /// Taking or restoring a snapshot failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// The channel window could not be set up.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -90,6 +94,9 @@ pub struct RunConfig {
     /// runs on a fresh unfiltered thread, for host functions that need
     /// syscalls the filter refuses.
     pub seccomp: bool,
+    /// Memory shared with a peer, mapped at `xos_abi::WINDOW` (the
+    /// channel window). Not with `stop_at_ready` or snapshots.
+    pub window: Option<SharedWindow>,
 }
 
 impl Default for RunConfig {
@@ -103,6 +110,7 @@ impl Default for RunConfig {
             output_limit: None,
             stop_at_ready: false,
             seccomp: true,
+            window: None,
         }
     }
 }
@@ -154,6 +162,9 @@ impl LoopControl {
 impl PreparedRun {
     /// Creates the VM and writes everything into guest memory.
     pub fn new(program: &Program, config: &RunConfig, mut io: GuestIo) -> Result<Self, RunError> {
+        if config.window.is_some() {
+            return Err(WindowError::Unsupported("be prepared ahead (use run_program)").into());
+        }
         let mut machine = Machine::new(config.mem_size, Privilege::User)?;
         let setup = BootSetup {
             program,
@@ -187,6 +198,9 @@ impl PreparedRun {
         config: &RunConfig,
         mut io: GuestIo,
     ) -> Result<Self, RunError> {
+        if config.window.is_some() {
+            return Err(WindowError::Unsupported("start from a snapshot").into());
+        }
         let machine = snapshot.restore()?;
         let layout = GuestLayout::resume(machine.memory(), machine.mem_size(), &mut *io.stdin)?;
         Ok(PreparedRun {
@@ -348,6 +362,10 @@ pub fn run_program(
     install_handler()?;
     reaper::start();
     let mem_size = crate::memory::checked_size(config.mem_size).map_err(MachineError::from)?;
+    if config.window.is_some() && config.stop_at_ready {
+        return Err(WindowError::Unsupported("stop at its ready point for a snapshot").into());
+    }
+    let window = config.window.clone();
     let vm = create_vm()?;
     let (handover_tx, handover_rx) = mpsc::sync_channel::<Handover>(1);
     let (result_tx, result_rx) = mpsc::sync_channel(1);
@@ -376,7 +394,9 @@ pub fn run_program(
         machine.set_entry(entry, layout::STACK_TOP, layout::BOOT_INFO);
         let run = PreparedRun {
             machine,
-            hypercalls: Hypercalls::new(layout, io, host_functions).with_output_limit(output_limit),
+            hypercalls: Hypercalls::new(layout, io, host_functions)
+                .with_output_limit(output_limit)
+                .with_window(window),
             options,
             seccomp: true,
         };
@@ -394,6 +414,13 @@ pub fn run_program(
         .map_err(RunError::from)
         .and_then(|mem| {
             let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)?;
+            let mem = match &config.window {
+                Some(w) => {
+                    crate::layout::write_window_info(&mem, &w.info())?;
+                    w.add_to_vm_memory(mem)?
+                }
+                None => mem,
+            };
             Ok((mem, layout))
         });
     match prepared {

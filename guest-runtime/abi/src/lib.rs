@@ -31,6 +31,18 @@ pub const DOORBELL: u64 = 0x4_0000_0000;
 /// CPL3 cannot use ports at all).
 pub const FAULT_PORT: u16 = 0x0511;
 
+/// Where the monitor maps an IC's channel window, when it has one: memory
+/// shared with a peer IC or the host (a memfd), user readable and writable,
+/// described by [`BootInfo::window`]. It lies above the largest guest
+/// memory and the doorbell, and is never a valid hypercall pointer.
+pub const WINDOW: u64 = 0x5_0000_0000;
+/// Largest channel window (the monitor maps it with one page table).
+pub const MAX_WINDOW_SIZE: u64 = 2 << 20;
+/// [`WindowInfo::flags`]: the peer may sleep, so a waiting guest should
+/// sleep too (`WINDOW_WAIT` with a time) and wake a sleeping peer
+/// (`WINDOW_WAKE`); without it, a guest spins.
+pub const WINDOW_MAY_SLEEP: u32 = 1;
+
 /// Guest memory layout: guest-physical equals guest-virtual (identity map).
 pub mod layout {
     /// Size of a small page.
@@ -98,6 +110,16 @@ pub mod nr {
     /// starts with fresh stdin and an empty output buffer. Call it before
     /// reading stdin.
     pub const READY: u32 = 8;
+    /// Wait on the channel window: sleep until the 4-byte word at window
+    /// offset `args[0]` (4-byte aligned) no longer holds `args[1]`, at most
+    /// `args[2]` microseconds (the monitor caps it at 20 ms; 0 = do not
+    /// sleep, only ask). `ret` = 0, or `EPIPE` when the window's peer is
+    /// gone (closed its end, ended, or died).
+    pub const WINDOW_WAIT: u32 = 9;
+    /// Wake whoever sleeps on the window word at offset `args[0]` (a
+    /// `WINDOW_WAIT` of the peer IC, or a host thread's futex wait). `ret`
+    /// = 0.
+    pub const WINDOW_WAKE: u32 = 10;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.
@@ -112,6 +134,8 @@ pub mod err {
     pub const E2BIG: i64 = -7;
     /// The host could not complete the I/O.
     pub const EIO: i64 = -5;
+    /// The channel window's peer is gone.
+    pub const EPIPE: i64 = -32;
     /// The host function reported a failure.
     pub const EHOSTFN: i64 = -1000;
 }
@@ -206,6 +230,61 @@ pub struct BootInfo {
     pub output: OutputState,
     /// The hypercall argument block.
     pub hypercall: Hypercall,
+    /// The channel window (all zero when the IC has none).
+    pub window: WindowInfo,
+}
+
+/// Where an IC's channel window is and how to use it (see [`WINDOW`]).
+/// The window holds a shared-memory ring channel; `docs/ABI.md` gives its
+/// layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowInfo {
+    /// Guest address ([`WINDOW`]), or 0 without a window.
+    pub addr: u64,
+    /// Size in bytes (a multiple of 4 KiB, at most [`MAX_WINDOW_SIZE`]).
+    pub size: u64,
+    /// Which end of the ring this IC is: 0 sends on ring 0 and receives on
+    /// ring 1; 1 the other way round.
+    pub side: u32,
+    /// [`WINDOW_MAY_SLEEP`] or 0.
+    pub flags: u32,
+}
+
+/// Layout of the shared-memory ring channel that a channel window holds
+/// (and that `icf::channel::ring` maps on the host side). Two
+/// single-producer/single-consumer byte rings follow a control page; side
+/// `s` produces on ring `s` and consumes ring `1 - s`. Positions are free-
+/// running `u32` byte counts (the data index is `pos & (capacity - 1)`);
+/// a message is a little-endian `u32` length and that many bytes, and may
+/// be larger than the ring.
+pub mod ring {
+    /// Control word at [`OFF_MAGIC`]: "XRNG" little-endian.
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"XRNG");
+    /// Size of the control page; ring 0's data follows it, then ring 1's.
+    pub const CONTROL: u64 = 4096;
+    /// Offset of the magic word.
+    pub const OFF_MAGIC: u64 = 0;
+    /// Offset of the capacity of each ring (a power of two, >= 4096).
+    pub const OFF_CAPACITY: u64 = 4;
+    /// Offsets of each side's owner pid (0 or the monitor's pid for ICs).
+    pub const OFF_PID: [u64; 2] = [64, 128];
+    /// Offsets of each side's closed flag (non-zero: that side is gone).
+    pub const OFF_CLOSED: [u64; 2] = [192, 256];
+    /// Field of a ring: the producer's position.
+    pub const HEAD: u64 = 0;
+    /// Field of a ring: the consumer's position.
+    pub const TAIL: u64 = 1;
+    /// Field of a ring: non-zero while its consumer sleeps.
+    pub const CONSUMER_SLEEPS: u64 = 2;
+    /// Field of a ring: non-zero while its producer sleeps.
+    pub const PRODUCER_SLEEPS: u64 = 3;
+    /// Offset of `field` of ring `k` (each on its own 128-byte line).
+    pub const fn field(k: u64, field: u64) -> u64 {
+        512 + k * 1024 + field * 128
+    }
+    /// Size of a message's length prefix.
+    pub const HEADER: u64 = 4;
 }
 
 /// Byte offsets of the fields the C mirror must match.
@@ -222,6 +301,8 @@ pub mod offsets {
     pub const OUTPUT: usize = offset_of!(BootInfo, output);
     /// Offset of `hypercall`.
     pub const HYPERCALL: usize = offset_of!(BootInfo, hypercall);
+    /// Offset of `window`.
+    pub const WINDOW: usize = offset_of!(BootInfo, window);
     /// Size of the whole struct.
     pub const SIZE: usize = core::mem::size_of::<BootInfo>();
 }
@@ -233,7 +314,7 @@ pub const fn align_up(v: u64, align: u64) -> u64 {
 
 #[cfg(feature = "vm-memory")]
 mod byte_valued {
-    use super::{BootInfo, Hypercall, OutputRecord, OutputState, StdinState};
+    use super::{BootInfo, Hypercall, OutputRecord, OutputState, StdinState, WindowInfo};
     // SAFETY: each type is `#[repr(C)]`, made only of integer fields laid out
     // without padding (sizes are multiples of 8, or two u32s), so every byte
     // pattern is a valid value and no byte is uninitialised.
@@ -246,4 +327,6 @@ mod byte_valued {
     unsafe impl vm_memory::ByteValued for OutputState {}
     // SAFETY: as above.
     unsafe impl vm_memory::ByteValued for StdinState {}
+    // SAFETY: as above (two u64s, then two u32s).
+    unsafe impl vm_memory::ByteValued for WindowInfo {}
 }

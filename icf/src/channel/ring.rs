@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory, VolatileSlice};
@@ -22,24 +23,24 @@ use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory, VolatileSlice};
 use super::{Channel, ChannelError, Result, DEFAULT_MAX_MESSAGE};
 use crate::com::ComMechanism;
 
-const MAGIC: u32 = u32::from_le_bytes(*b"XRNG");
-const HEADER: usize = 4;
-/// Control page: magic, capacity, the two sides' pids and closed flags,
-/// then each ring's indices on their own cache lines.
-const CONTROL: usize = 4096;
-const OFF_MAGIC: usize = 0;
-const OFF_CAPACITY: usize = 4;
-const OFF_PID: [usize; 2] = [64, 128];
-const OFF_CLOSED: [usize; 2] = [192, 256];
-/// Per ring `k`: head (producer's position), tail (consumer's), and the
-/// "I am asleep" flags of its consumer and producer.
-const fn ring_field(k: usize, field: usize) -> usize {
-    512 + k * 1024 + field * 128
+use xos_abi::ring as abi;
+
+// The layout is part of the guest ABI (`xos_abi::ring`): a guest maps the
+// same memfd as its channel window.
+const MAGIC: u32 = abi::MAGIC;
+const HEADER: usize = abi::HEADER as usize;
+const CONTROL: usize = abi::CONTROL as usize;
+const OFF_MAGIC: usize = abi::OFF_MAGIC as usize;
+const OFF_CAPACITY: usize = abi::OFF_CAPACITY as usize;
+const OFF_PID: [usize; 2] = [abi::OFF_PID[0] as usize, abi::OFF_PID[1] as usize];
+const OFF_CLOSED: [usize; 2] = [abi::OFF_CLOSED[0] as usize, abi::OFF_CLOSED[1] as usize];
+const fn ring_field(k: usize, field: u64) -> usize {
+    abi::field(k as u64, field) as usize
 }
-const HEAD: usize = 0;
-const TAIL: usize = 1;
-const CONSUMER_SLEEPS: usize = 2;
-const PRODUCER_SLEEPS: usize = 3;
+const HEAD: u64 = abi::HEAD;
+const TAIL: u64 = abi::TAIL;
+const CONSUMER_SLEEPS: u64 = abi::CONSUMER_SLEEPS;
+const PRODUCER_SLEEPS: u64 = abi::PRODUCER_SLEEPS;
 
 /// How long a futex waiter spins before it sleeps. A wake-up costs ~100 µs
 /// on this machine (the sleeping vCPU needs an IPI); with a window shorter
@@ -600,12 +601,10 @@ impl Channel for RingChannel {
     }
 }
 
-impl Drop for RingChannel {
-    fn drop(&mut self) {
-        if !self.announce_close {
-            return;
-        }
-        // Tell the peer, and wake it wherever it may sleep on our account.
+impl RingChannel {
+    /// Marks our side closed in the shared page and wakes the peer
+    /// wherever it may sleep on our account.
+    fn announce_closed(&self) {
         if let Ok(closed) = self.word(OFF_CLOSED[self.side]) {
             closed.store(1, Ordering::SeqCst);
         }
@@ -615,6 +614,112 @@ impl Drop for RingChannel {
                     futex(w, libc::FUTEX_WAKE, i32::MAX as u32, None);
                 }
             }
+        }
+    }
+
+    /// Gives this endpoint to an IC: its guest will use this side of the
+    /// ring through its channel window (`xos_abi::WINDOW`), spinning
+    /// (`Notify::Poll`) or sleeping (`Notify::Futex`) like this endpoint.
+    /// Put the result in [`crate::IcSpec::window`]. The ring must fit a
+    /// window: at most `xos_abi::MAX_WINDOW_SIZE` bytes, so a capacity of
+    /// at most 512 KiB.
+    pub fn into_guest_end(self) -> Result<GuestEnd> {
+        let size = CONTROL as u64 + 2 * u64::from(self.capacity);
+        if size > xos_abi::MAX_WINDOW_SIZE {
+            return Err(ChannelError::Setup {
+                mechanism: self.name(),
+                what: "give a ring to an IC",
+                source: std::io::Error::other(format!(
+                    "its {size} bytes exceed the {}-byte channel window; make the ring's capacity at most 512 KiB",
+                    xos_abi::MAX_WINDOW_SIZE
+                )),
+            });
+        }
+        // The view closes the side when the last handle on it goes, too: an
+        // IC dropped without running must not leave its peer waiting.
+        Ok(GuestEnd {
+            view: Arc::new(self),
+        })
+    }
+}
+
+/// One side of a ring channel that an IC's guest uses through its channel
+/// window (see [`RingChannel::into_guest_end`]). The monitor keeps a view
+/// of that side: to tell the guest when its peer is gone, and to close the
+/// side when the IC's run ends, whatever way it ends.
+#[derive(Clone)]
+pub struct GuestEnd {
+    view: Arc<RingChannel>,
+}
+
+impl std::fmt::Debug for GuestEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestEnd")
+            .field("side", &self.view.side)
+            .field("capacity", &self.view.capacity)
+            .field("notify", &self.view.notify)
+            .finish()
+    }
+}
+
+impl GuestEnd {
+    /// The mechanism the guest uses.
+    pub fn mechanism(&self) -> ComMechanism {
+        self.view.notify.mechanism()
+    }
+
+    /// Which side of the ring the guest is.
+    pub fn side(&self) -> usize {
+        self.view.side
+    }
+
+    /// The ring's memfd (to hand to a process IC).
+    pub fn memfd(&self) -> &File {
+        &self.view.memfd
+    }
+
+    /// The window to map into the IC.
+    pub fn window(&self) -> std::result::Result<vmm::SharedWindow, vmm::window::WindowError> {
+        let flags = match self.view.notify {
+            Notify::Poll => 0,
+            Notify::Futex => xos_abi::WINDOW_MAY_SLEEP,
+        };
+        let view = Arc::clone(&self.view);
+        Ok(vmm::SharedWindow::new(
+            Arc::new(self.view.memfd.try_clone().map_err(|source| {
+                vmm::window::WindowError::Io {
+                    what: "dup",
+                    source,
+                }
+            })?),
+            self.view.side as u32,
+            flags,
+        )?
+        .with_peer_check(Arc::new(move || view.peer_gone().unwrap_or(true))))
+    }
+
+    /// The IC's run is starting in process `pid`: its side is open (again)
+    /// and owned by `pid` (so the peer sees it die).
+    pub fn run_starting(&self, pid: u32) {
+        if let Ok(w) = self.view.word(OFF_PID[self.view.side]) {
+            w.store(pid, Ordering::SeqCst);
+        }
+        if let Ok(w) = self.view.word(OFF_CLOSED[self.view.side]) {
+            w.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The IC's run ended (exit, fault, kill or time limit): its side is
+    /// closed, and a peer waiting on it gets `PeerGone` instead of a hang.
+    pub fn run_ended(&self) {
+        self.view.announce_closed();
+    }
+}
+
+impl Drop for RingChannel {
+    fn drop(&mut self) {
+        if self.announce_close {
+            self.announce_closed();
         }
     }
 }

@@ -10,6 +10,7 @@
 //! the 15 general registers in `GuestRegs` order (rax, rbx, rcx, rdx, rsi,
 //! rdi, rbp, r8..r15).
 
+use crate::channel::ring::{Notify, RingChannel};
 use crate::trap::{decode_doorbell_write, map_guest, GREGS};
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -25,6 +26,8 @@ use xos_abi::{layout, DOORBELL};
 pub const IMAGE_FD: i32 = 3;
 /// The fd the child reports its result on.
 pub const STATUS_FD: i32 = 4;
+/// The channel window's memfd, when the IC has one (`--window SIDE NOTIFY`).
+pub const WINDOW_FD: i32 = 5;
 
 /// What the signal handler needs.
 struct Child {
@@ -56,6 +59,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     let mut mem_size = vmm::memory::DEFAULT_MEM_SIZE;
     let mut env = Vec::new();
     let mut argv = Vec::new();
+    let mut window = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.to_str() {
@@ -66,6 +70,18 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
                     .unwrap_or_else(|| fail("--mem needs a number"));
             }
             Some("--env") => env.push(it.next().unwrap_or_default().into_vec()),
+            Some("--window") => {
+                let side = it.next().and_then(|v| v.to_str()?.parse().ok());
+                let notify = match it.next().as_ref().and_then(|v| v.to_str()) {
+                    Some("poll") => Some(Notify::Poll),
+                    Some("futex") => Some(Notify::Futex),
+                    _ => None,
+                };
+                match (side, notify) {
+                    (Some(side), Some(notify)) => window = Some((side, notify)),
+                    _ => fail("--window needs a side (0 or 1) and poll or futex"),
+                }
+            }
             Some("--") => {
                 argv = it.by_ref().map(OsStringExt::into_vec).collect();
                 break;
@@ -92,13 +108,38 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     let mut stdin = vmm::io::HostStdin;
     let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut stdin)
         .unwrap_or_else(|e| fail(&e.to_string()));
+    let (mem, window) = match window {
+        None => (mem, None),
+        Some((side, notify)) => {
+            let w = open_window(side, notify).unwrap_or_else(|e| fail(&e));
+            vmm::layout::write_window_info(&mem, &w.info())
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            let (mem, mapping) = w
+                .map_at_fixed_address(mem)
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            // Mapped until the process ends.
+            std::mem::forget(mapping);
+            (mem, Some(w))
+        }
+    };
     let child = Box::new(Child {
         mem,
-        hypercalls: Hypercalls::new(layout, GuestIo::inherit(), HostFunctions::new()),
+        hypercalls: Hypercalls::new(layout, GuestIo::inherit(), HostFunctions::new())
+            .with_window(window),
     });
     CHILD.store(Box::into_raw(child), Ordering::SeqCst);
     install_handlers();
     enter(program.entry())
+}
+
+/// The channel window from the memfd at [`WINDOW_FD`], side `side`.
+fn open_window(side: usize, notify: Notify) -> Result<vmm::SharedWindow, String> {
+    // SAFETY: WINDOW_FD was dup'ed for us by the parent and is ours.
+    let file = unsafe { std::fs::File::from_raw_fd(WINDOW_FD) };
+    let end = RingChannel::from_memfd(&file, side, notify)
+        .and_then(RingChannel::into_guest_end)
+        .map_err(|e| e.to_string())?;
+    end.window().map_err(|e| e.to_string())
 }
 
 fn install_handlers() {

@@ -184,6 +184,18 @@ impl ProcessIc {
         for e in &self.spec.env {
             cmd.arg("--env").arg(std::ffi::OsStr::from_bytes(e));
         }
+        let window = match &self.spec.window {
+            Some(end) => {
+                let notify = match end.mechanism() {
+                    crate::ComMechanism::ShmRingFutex => "futex",
+                    _ => "poll",
+                };
+                cmd.arg("--window").arg(end.side().to_string()).arg(notify);
+                Some(end.memfd().try_clone()?)
+            }
+            None => None,
+        };
+        let window_fd = window.as_ref().map(|f| f.as_raw_fd());
         cmd.arg("--");
         for a in &self.spec.args {
             cmd.arg(std::ffi::OsStr::from_bytes(a));
@@ -215,12 +227,19 @@ impl ProcessIc {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(fd) = window_fd {
+                    let high = libc::fcntl(fd, libc::F_DUPFD, 10);
+                    if high < 0 || libc::dup2(high, child::WINDOW_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let child = cmd.spawn()?;
         drop(status_write);
         drop(image);
+        drop(window);
         Ok((child, status_read))
     }
 }
@@ -240,6 +259,9 @@ impl IsolationContext for ProcessIc {
         let start = Instant::now();
         let (mut child, status) = self.spawn(&io).map_err(spawn_err)?;
         let pid = child.id() as i32;
+        if let Some(end) = &self.spec.window {
+            end.run_starting(child.id());
+        }
 
         // Pump standard streams when they are not inherited.
         let mut pumps = Vec::new();
@@ -301,6 +323,9 @@ impl IsolationContext for ProcessIc {
             let _ = p.join();
         }
         drop(pumps); // the stdin pump ends when the child's stdin closes
+        if let Some(end) = &self.spec.window {
+            end.run_ended();
+        }
         let status_code = waited.map_err(spawn_err)?;
         let guest_time = start.elapsed();
         let exit = match stopped {

@@ -38,6 +38,10 @@ pub mod system {
     /// Page directory mapping the hypercall doorbell (after the largest
     /// possible set of memory page directories).
     pub const PD_DOORBELL: u64 = PD_BASE + MAX_PDS * 0x1000;
+    /// Page directory of the channel window (`xos_abi::WINDOW`).
+    pub const PD_WINDOW: u64 = PD_DOORBELL + 0x1000;
+    /// Page table of the channel window (4 KiB pages, up to 2 MiB).
+    pub const PT_WINDOW: u64 = PD_WINDOW + 0x1000;
     /// Top of the CPL0 stack used while an exception stub runs.
     pub const EXCEPTION_STACK_TOP: u64 = 0x2_0000;
 }
@@ -57,6 +61,9 @@ pub enum ArchError {
     /// More memory than the page tables can map.
     #[error("guest memory of {0} bytes is more than the {max} GiB the page tables map", max = system::MAX_PDS)]
     TooMuchMemory(u64),
+    /// A channel window of an unusable size.
+    #[error("a channel window of {0} bytes cannot be mapped: it must be a non-zero multiple of 4 KiB, at most {max} bytes", max = xos_abi::MAX_WINDOW_SIZE)]
+    BadWindow(u64),
 }
 
 /// Writes everything in the system area: GDT and TSS, IDT and stubs, page

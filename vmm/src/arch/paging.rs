@@ -100,6 +100,30 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
     Ok(())
 }
 
+/// Maps the channel window: `size` bytes (a multiple of 4 KiB, at most
+/// `xos_abi::MAX_WINDOW_SIZE`) at `xos_abi::WINDOW`, user readable and
+/// writable, with 4 KiB pages so that nothing past its end is mapped. The
+/// memory behind it is a separate KVM memory slot (see `crate::window`).
+pub fn write_window(mem: &GuestMemoryMmap, size: u64) -> Result<(), ArchError> {
+    if size == 0 || size > xos_abi::MAX_WINDOW_SIZE || !size.is_multiple_of(layout::PAGE_SIZE) {
+        return Err(ArchError::BadWindow(size));
+    }
+    let pdpt_entry = system::PDPT + (xos_abi::WINDOW / GIB) * 8;
+    write_bytes(mem, pdpt_entry, &(system::PD_WINDOW | TABLE).to_le_bytes())?;
+    let mut pd = [0u64; 512];
+    pd[((xos_abi::WINDOW % GIB) / LARGE_PAGE) as usize] = system::PT_WINDOW | TABLE;
+    write_table(mem, system::PD_WINDOW, &pd)?;
+    let mut pt = [0u64; 512];
+    for (i, entry) in pt
+        .iter_mut()
+        .take((size / layout::PAGE_SIZE) as usize)
+        .enumerate()
+    {
+        *entry = (xos_abi::WINDOW + i as u64 * layout::PAGE_SIZE) | PRESENT | WRITABLE | USER;
+    }
+    write_table(mem, system::PT_WINDOW, &pt)
+}
+
 fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: &[u64; 512]) -> Result<(), ArchError> {
     let mut bytes = [0u8; 4096];
     for (chunk, e) in bytes.chunks_exact_mut(8).zip(entries) {
