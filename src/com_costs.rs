@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 /// Calls timed per mechanism: enough for a stable median, ~10 ms each.
 const CALLS: usize = 200;
+/// Batches of `xic::WINDOW_BATCH` calls measured for a channel window.
+const WINDOW_BATCHES: usize = 8;
 const FORMAT: u32 = 1;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -86,12 +88,29 @@ pub fn measure(a: &str, b: &str, mechanism: ComMechanism) -> anyhow::Result<Dura
             ("host", ic) | (ic, "host") => crate::bench::xic::measure_host_call(ic, 8, CALLS)?,
             (a, b) => crate::bench::xic::measure_ic_call(a, b, 8, CALLS)?,
         },
+        ComMechanism::ShmRingPoll | ComMechanism::ShmRingFutex => {
+            // An IC's end is its channel window: batches of calls timed
+            // inside the caller (see `measure_window_call`).
+            let (caller, callee) = match (a, b) {
+                ("host", "host") => {
+                    return finish(crate::bench::channels::measure_channel_call(
+                        mechanism, 8, CALLS,
+                    )?)
+                }
+                ("host", ic) | (ic, "host") => (ic, "host"),
+                pair => pair,
+            };
+            crate::bench::xic::measure_window_call(caller, callee, mechanism, 8, WINDOW_BATCHES)?
+        }
         m => crate::bench::channels::measure_channel_call(m, 8, CALLS)?,
     };
-    let mut sorted = samples;
-    sorted.sort_unstable();
-    let median = crate::bench::percentile(&sorted, 50);
-    Ok(Duration::from_nanos(median))
+    finish(samples)
+}
+
+/// The median of `samples`.
+fn finish(mut samples: Vec<u64>) -> anyhow::Result<Duration> {
+    samples.sort_unstable();
+    Ok(Duration::from_nanos(crate::bench::percentile(&samples, 50)))
 }
 
 fn load(path: &PathBuf, registry: &Registry) -> Result<ComCosts, String> {

@@ -40,7 +40,7 @@ fn bench_json_has_one_record_per_selected_channel_benchmark() {
 #[test]
 fn bench_measures_thread_ic_host_calls_and_creation() {
     bench_records(
-        "xic.thread.host",
+        "xic.thread.host.hypercall",
         &[
             "xic.thread.host.hypercall.8",
             "xic.thread.host.hypercall.4096",
@@ -56,7 +56,7 @@ fn bench_measures_virtine_host_calls() {
         return;
     }
     bench_records(
-        "xic.virtine.host",
+        "xic.virtine.host.hypercall",
         &[
             "xic.virtine.host.hypercall.8",
             "xic.virtine.host.hypercall.4096",
@@ -64,10 +64,37 @@ fn bench_measures_virtine_host_calls() {
         5000,
     );
     bench_records(
-        "xic.virtine.virtine",
+        "xic.virtine.virtine.hypercall",
         &[
             "xic.virtine.virtine.hypercall.8",
             "xic.virtine.virtine.hypercall.4096",
+        ],
+        5000,
+    );
+}
+
+#[test]
+fn bench_measures_window_calls_between_every_kind() {
+    if !kvm_available() {
+        return;
+    }
+    // A sample is the mean of a batch of calls timed inside the caller;
+    // the host threads' ring comes along (the VM<->VM bar's baseline).
+    bench_records(
+        "shm-poll.8",
+        &[
+            "channel.shm-poll.8",
+            "xic.process.host.shm-poll.8",
+            "xic.thread.host.shm-poll.8",
+            "xic.virtine.host.shm-poll.8",
+            "xic.process.process.shm-poll.8",
+            "xic.process.thread.shm-poll.8",
+            "xic.thread.process.shm-poll.8",
+            "xic.process.virtine.shm-poll.8",
+            "xic.virtine.process.shm-poll.8",
+            "xic.thread.virtine.shm-poll.8",
+            "xic.virtine.thread.shm-poll.8",
+            "xic.virtine.virtine.shm-poll.8",
         ],
         5000,
     );

@@ -83,6 +83,22 @@ impl Registry {
         // per process, so never two at once.
         r.register_com("virtine", "virtine", ComMechanism::HypercallRelay);
         r.register_com("virtine", "thread", ComMechanism::HypercallRelay);
+        // Channel windows: one ring whose sides are mapped into both ICs
+        // (or one IC and a monitor thread), spinning or sleeping. Every
+        // kind maps a window; two thread ICs never run at once.
+        for (a, b) in [
+            ("virtine", "virtine"),
+            ("virtine", "thread"),
+            ("virtine", "process"),
+            ("thread", "process"),
+            ("process", "process"),
+            ("virtine", "host"),
+            ("thread", "host"),
+            ("process", "host"),
+        ] {
+            r.register_com(a, b, ComMechanism::ShmRingPoll);
+            r.register_com(a, b, ComMechanism::ShmRingFutex);
+        }
         r
     }
 
@@ -225,7 +241,21 @@ mod tests {
         assert!(r.get_icfs().iter().any(|i| i.name == "virtine"));
         assert_eq!(
             r.com().between("host", "virtine"),
-            &[ComMechanism::HypercallRelay]
+            &[
+                ComMechanism::HypercallRelay,
+                ComMechanism::ShmRingPoll,
+                ComMechanism::ShmRingFutex
+            ]
         );
+        // Every IC kind reaches every other through a window, except two
+        // thread ICs (one runs at a time).
+        for (a, b) in [
+            ("process", "virtine"),
+            ("thread", "process"),
+            ("process", "host"),
+        ] {
+            assert!(r.com().between(a, b).contains(&ComMechanism::ShmRingPoll));
+        }
+        assert!(r.com().between("thread", "thread").is_empty());
     }
 }

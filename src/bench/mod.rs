@@ -287,66 +287,6 @@ const BENCHES: &[Bench] = &[
         run: |n| channels::measure_channel_call(icf::ComMechanism::Tcp, 4096, n),
     },
     Bench {
-        name: "xic.virtine.host.hypercall.8",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_host_call("virtine", 8, n),
-    },
-    Bench {
-        name: "xic.virtine.host.hypercall.4096",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_host_call("virtine", 4096, n),
-    },
-    Bench {
-        name: "xic.thread.host.hypercall.8",
-        needs: Needs::Nothing,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_host_call("thread", 8, n),
-    },
-    Bench {
-        name: "xic.thread.host.hypercall.4096",
-        needs: Needs::Nothing,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_host_call("thread", 4096, n),
-    },
-    Bench {
-        name: "xic.virtine.virtine.hypercall.8",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("virtine", "virtine", 8, n),
-    },
-    Bench {
-        name: "xic.virtine.virtine.hypercall.4096",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("virtine", "virtine", 4096, n),
-    },
-    Bench {
-        name: "xic.virtine.thread.hypercall.8",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("virtine", "thread", 8, n),
-    },
-    Bench {
-        name: "xic.virtine.thread.hypercall.4096",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("virtine", "thread", 4096, n),
-    },
-    Bench {
-        name: "xic.thread.virtine.hypercall.8",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("thread", "virtine", 8, n),
-    },
-    Bench {
-        name: "xic.thread.virtine.hypercall.4096",
-        needs: Needs::Kvm,
-        samples: XIC_SAMPLES,
-        run: |n| xic::measure_ic_call("thread", "virtine", 4096, n),
-    },
-    Bench {
         name: "create.virtine",
         needs: Needs::Kvm,
         samples: COLD_SAMPLES,
@@ -427,6 +367,12 @@ pub const BARS: &[Bar] = &[
         kind: BarKind::AtMost,
     },
     Bar {
+        numerator: "xic.virtine.virtine.shm-poll.8",
+        denominator: "channel.shm-poll.8",
+        limit: 2.0,
+        kind: BarKind::AtMost,
+    },
+    Bar {
         numerator: "serve.rps",
         denominator: "baseline.cgi_rps",
         limit: 3.0,
@@ -503,12 +449,21 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let filter = args.filter.as_deref();
     let kvm = vmm::kvm::probe();
-    let mut plan: Vec<(&'static str, usize, Measure)> = Vec::new();
-    let mut skipped = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     for bench in BENCHES.iter().filter(|b| selected(b.name, filter)) {
         match (&kvm, bench.needs) {
-            (Err(_), Needs::Kvm) => skipped.push(bench.name),
-            _ => plan.push((bench.name, bench.samples, bench.run)),
+            (Err(_), Needs::Kvm) => skipped.push(bench.name.to_owned()),
+            _ => plan.push((bench.name.to_owned(), bench.samples, Box::new(bench.run))),
+        }
+    }
+    // The cross-IC matrix: every pair and mechanism the registry offers.
+    for (name, run) in xic::matrix(&crate::binary_registry()) {
+        if selected(&name, filter) {
+            match &kvm {
+                Err(_) => skipped.push(name),
+                Ok(()) => plan.push((name, XIC_SAMPLES, run)),
+            }
         }
     }
     let breakdown = filter.is_some_and(|f| f.starts_with("breakdown"));
@@ -516,8 +471,8 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
         for &(name, run) in breakdown::BENCHES {
             if selected(name, filter) {
                 match &kvm {
-                    Err(_) => skipped.push(name),
-                    Ok(()) => plan.push((name, breakdown::SAMPLES, run)),
+                    Err(_) => skipped.push(name.to_owned()),
+                    Ok(()) => plan.push((name.to_owned(), breakdown::SAMPLES, Box::new(run))),
                 }
             }
         }
@@ -529,8 +484,13 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
         .iter()
         .any(|n| selected(n, filter));
     if plan.is_empty() && skipped.is_empty() && !throughput_selected {
-        let mut names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
-        names.extend(["serve.rps", "baseline.cgi_rps"]);
+        let mut names: Vec<String> = BENCHES.iter().map(|b| b.name.to_owned()).collect();
+        names.extend(
+            xic::matrix(&crate::binary_registry())
+                .into_iter()
+                .map(|(name, _)| name),
+        );
+        names.extend(["serve.rps".to_owned(), "baseline.cgi_rps".to_owned()]);
         anyhow::bail!(
             "no benchmark matches '{}'; the benchmarks are: {}, and breakdown.* \
              (with a filter starting with 'breakdown')",
@@ -549,7 +509,7 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
             continue;
         }
         if name == "serve.rps" && kvm.is_err() {
-            skipped.push(name);
+            skipped.push(name.to_owned());
             continue;
         }
         if !throughput::wrk_available() {
@@ -591,7 +551,14 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the plan in [`ROUNDS`] interleaved rounds and summarizes.
-fn run_plan(plan: &[(&'static str, usize, Measure)]) -> anyhow::Result<Vec<Record>> {
+/// A benchmark to run: name, samples per round, measurement.
+type Planned = (
+    String,
+    usize,
+    Box<dyn Fn(usize) -> anyhow::Result<Vec<u64>>>,
+);
+
+fn run_plan(plan: &[Planned]) -> anyhow::Result<Vec<Record>> {
     let mut samples: Vec<Vec<u64>> = plan
         .iter()
         .map(|p| Vec::with_capacity(p.1 * ROUNDS))

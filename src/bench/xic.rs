@@ -222,3 +222,189 @@ pub fn measure_create(icf: &str, samples: usize) -> anyhow::Result<Vec<u64>> {
     }
     Ok(out)
 }
+
+/// Calls per sample of a window call: the guest reads the time stamp
+/// counter around each batch, so a sample is a batch's mean.
+pub const WINDOW_BATCH: usize = 64;
+/// Batches run before the measured ones (caches, page faults, the peer
+/// getting on a CPU).
+const WINDOW_WARMUP: usize = 2;
+
+/// Time stamp counter ticks per nanosecond on this machine, measured once
+/// against the monotonic clock.
+fn tsc_per_ns() -> f64 {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        let read = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), read());
+        std::thread::sleep(Duration::from_millis(50));
+        let (t1, c1) = (Instant::now(), read());
+        (c1 - c0) as f64 / (t1 - t0).as_nanos() as f64
+    })
+}
+
+/// `samples` batches of [`WINDOW_BATCH`] calls of `bytes` bytes from an
+/// IC of kind `caller` to `callee` (an IC kind, or `"host"`: a thread of
+/// the monitor) through one ring mapped into both as channel windows: no
+/// exit per call. The `chan-c` caller reads the time stamp counter around
+/// each batch and prints the differences; a sample is a batch's mean call.
+pub fn measure_window_call(
+    caller: &str,
+    callee: &str,
+    mechanism: icf::ComMechanism,
+    bytes: usize,
+    samples: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let notify = match mechanism {
+        icf::ComMechanism::ShmRingPoll => Notify::Poll,
+        icf::ComMechanism::ShmRingFutex => Notify::Futex,
+        m => anyhow::bail!("{} is not a channel window mechanism", m.name()),
+    };
+    let program = Program::parse(image_bytes(CHAN_IMAGE)?)
+        .with_context(|| format!("cannot parse {CHAN_IMAGE}"))?;
+    let registry = crate::binary_registry();
+    let caller_factory = factory(&registry, caller, "xic")?;
+    let (near, far) = RingChannel::pair(64 << 10, notify)?;
+    let batches = samples + WINDOW_WARMUP;
+    let calls = batches * WINDOW_BATCH;
+    let timeout = Some(Duration::from_secs(30) + Duration::from_millis(calls as u64));
+
+    let server = if callee == "host" {
+        let mut far = far;
+        std::thread::Builder::new()
+            .name("xic-host-callee".into())
+            .spawn(move || {
+                use icf::channel::Channel;
+                let mut buf = Vec::new();
+                while far.recv(&mut buf).is_ok() {
+                    for b in &mut buf {
+                        *b = b.wrapping_add(1);
+                    }
+                    if far.send(&buf).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+    } else {
+        let callee_factory = factory(&registry, callee, "xic")?;
+        let mut spec = IcSpec::new(program.clone());
+        spec.args = vec![b"chan".to_vec(), b"serve".to_vec()];
+        spec.timeout = timeout;
+        spec.window = Some(far.into_guest_end()?);
+        let kind = callee.to_owned();
+        std::thread::Builder::new()
+            .name("xic-callee".into())
+            .spawn(move || run_to_exit(callee_factory.as_ref(), &kind, spec, "xic callee"))
+    }
+    .context("cannot start the callee's thread")?;
+
+    let mut spec = IcSpec::new(program);
+    spec.args = vec![
+        b"chan".to_vec(),
+        b"call".to_vec(),
+        calls.to_string().into_bytes(),
+        bytes.to_string().into_bytes(),
+        WINDOW_BATCH.to_string().into_bytes(),
+    ];
+    spec.timeout = timeout;
+    spec.window = Some(near.into_guest_end()?);
+    let idle = footprint()?;
+    let (io, stdout, stderr) = GuestIo::capture(Vec::new());
+    let started = Instant::now();
+    let called = caller_factory
+        .create(spec)
+        .and_then(|mut ic| ic.run(io))
+        .with_context(|| format!("xic: cannot run the {caller} caller"));
+    let wall = started.elapsed();
+    let served = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the callee's thread panicked"))?;
+    let outcome = called?;
+    served?;
+    ensure!(
+        outcome.exit == GuestExit::Exited(0),
+        "xic: the {caller} caller ended with {:?} (its stderr: {:?})",
+        outcome.exit,
+        String::from_utf8_lossy(&stderr.contents())
+    );
+    if caller == "virtine" || callee == "virtine" {
+        wait_for_teardown(idle, 0)?;
+    }
+    let text = String::from_utf8_lossy(&stdout.contents()).into_owned();
+    let ticks: Vec<u64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tsc"))
+        .context("the caller printed no time stamps")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("the caller's time stamps do not parse")?;
+    ensure!(
+        ticks.len() == batches,
+        "expected {batches} timed batches, the caller printed {}",
+        ticks.len()
+    );
+    let rate = tsc_per_ns();
+    let per_call: Vec<u64> = ticks
+        .iter()
+        .map(|&t| (t as f64 / rate / WINDOW_BATCH as f64) as u64)
+        .collect();
+    // The guest's counter must agree with the host's clock: all batches
+    // together cannot have taken longer than the whole run.
+    let timed: u64 = per_call.iter().sum::<u64>() * WINDOW_BATCH as u64;
+    ensure!(
+        timed <= nanos(wall),
+        "the guest's time stamps add up to {timed} ns, more than the run's {} ns: the guest's TSC runs at another rate than the host's",
+        nanos(wall)
+    );
+    Ok(per_call[WINDOW_WARMUP..].to_vec())
+}
+
+/// One measurement of the matrix.
+pub type MatrixRun = Box<dyn Fn(usize) -> anyhow::Result<Vec<u64>>>;
+
+/// Message sizes of the matrix.
+pub const MATRIX_BYTES: [usize; 2] = [8, 4096];
+
+/// The cross-IC call matrix: for every pair of kinds `registry` connects
+/// and every mechanism registered for it, a benchmark
+/// `xic.<caller>.<callee>.<mechanism>.<bytes>` per order of the pair (an
+/// IC calls the host, never the other way round) and message size.
+pub fn matrix(registry: &Registry) -> Vec<(String, MatrixRun)> {
+    let mut out: Vec<(String, MatrixRun)> = Vec::new();
+    for (a, b, mechanisms) in registry.com().pairs() {
+        let orders: Vec<(String, String)> = match (a, b) {
+            ("host", ic) | (ic, "host") => vec![(ic.to_owned(), "host".to_owned())],
+            (a, b) if a == b => vec![(a.to_owned(), b.to_owned())],
+            (a, b) => vec![(a.to_owned(), b.to_owned()), (b.to_owned(), a.to_owned())],
+        };
+        for (caller, callee) in orders {
+            for &mechanism in mechanisms {
+                for bytes in MATRIX_BYTES {
+                    let name = format!("xic.{caller}.{callee}.{}.{bytes}", mechanism.name());
+                    let (caller, callee) = (caller.clone(), callee.clone());
+                    let run: MatrixRun = match mechanism {
+                        icf::ComMechanism::HypercallRelay if callee == "host" => {
+                            Box::new(move |n| measure_host_call(&caller, bytes, n))
+                        }
+                        icf::ComMechanism::HypercallRelay => {
+                            Box::new(move |n| measure_ic_call(&caller, &callee, bytes, n))
+                        }
+                        icf::ComMechanism::ShmRingPoll | icf::ComMechanism::ShmRingFutex => {
+                            Box::new(move |n| {
+                                measure_window_call(&caller, &callee, mechanism, bytes, n)
+                            })
+                        }
+                        // Host-only mechanisms (pipes, sockets) connect no
+                        // ICs yet; `channel.*` measures them between threads.
+                        _ => continue,
+                    };
+                    out.push((name, run));
+                }
+            }
+        }
+    }
+    out
+}
