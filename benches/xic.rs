@@ -1,14 +1,17 @@
 //! Criterion benches of the cross-IC calls and IC creation (`xic.*` and
 //! `create.*` in `xos-vmm bench`, same code: `xos_vmm::bench::xic`).
-//! `create.process` is left to `xos-vmm bench`: a process IC execs the
-//! `xos-vmm` binary itself, which this bench binary is not.
+//! Process ICs (`create.process`, `xic.*.process.*`) are left to
+//! `xos-vmm bench`: a process IC execs the `xos-vmm` binary itself, which
+//! this bench binary is not. A window call's sample is the mean of a batch
+//! of calls timed inside the caller, counted as one iteration.
 //!
 //! `cargo bench --bench xic`; `cargo bench --bench xic -- virtine.virtine`
 //! runs one.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Duration;
-use xos_vmm::bench::xic::{measure_create, measure_host_call, measure_ic_call};
+use xos_vmm::bench::xic::{matrix, measure_create};
+use xos_vmm::icf::Registry;
 
 type Measure = Box<dyn Fn(usize) -> anyhow::Result<Vec<u64>>>;
 
@@ -24,29 +27,14 @@ fn kvm_usable() -> bool {
 
 fn xic(c: &mut Criterion) {
     let kvm = kvm_usable();
-    let mut benches: Vec<(String, Measure)> = Vec::new();
-    for bytes in [8usize, 4096] {
-        benches.push((
-            format!("thread.host.hypercall.{bytes}"),
-            Box::new(move |n| measure_host_call("thread", bytes, n)),
-        ));
-        if kvm {
-            benches.push((
-                format!("virtine.host.hypercall.{bytes}"),
-                Box::new(move |n| measure_host_call("virtine", bytes, n)),
-            ));
-            for (a, b) in [
-                ("virtine", "virtine"),
-                ("virtine", "thread"),
-                ("thread", "virtine"),
-            ] {
-                benches.push((
-                    format!("{a}.{b}.hypercall.{bytes}"),
-                    Box::new(move |n| measure_ic_call(a, b, bytes, n)),
-                ));
-            }
-        }
-    }
+    // The same matrix as `xos-vmm bench`, from the registry's pairs and
+    // mechanisms; without process ICs (see above) and, without KVM,
+    // without virtines.
+    let benches: Vec<(String, Measure)> = matrix(&Registry::builtin())
+        .into_iter()
+        .map(|(name, run)| (name.trim_start_matches("xic.").to_owned(), run))
+        .filter(|(name, _)| !name.contains("process") && (kvm || !name.contains("virtine")))
+        .collect();
     let mut g = c.benchmark_group("xic");
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(300))
