@@ -24,7 +24,8 @@ use std::process::{Command, Output};
 
 /// C images that must exist (`images/c/<name>.c`).
 const REQUIRED_C: &[&str] = &[
-    "chan", "echo", "faults", "hcloop", "hello", "noop", "ready", "secret", "sum", "trivial", "wc",
+    "chan", "counter", "echo", "faults", "hcloop", "hello", "noop", "ready", "secret", "sum",
+    "trivial", "wc",
 ];
 /// Binaries of `images/rust` that must be built.
 const REQUIRED_RUST: &[&str] = &["hello", "ready", "sum", "wc"];

@@ -25,6 +25,7 @@
 #define XOS_HC_READY 8
 #define XOS_HC_WINDOW_WAIT 9
 #define XOS_HC_WINDOW_WAKE 10
+#define XOS_HC_SAFE_POINT 11
 
 /* The channel window (BootInfo.window): a shared-memory ring channel. */
 #define XOS_WINDOW 0x500000000ull

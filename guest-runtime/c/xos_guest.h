@@ -55,6 +55,12 @@ void xos_flush(void);
  * reading stdin. */
 int xos_ready(void);
 
+/* A safe point between messages: the monitor may carry this execution flow
+ * into another kind of IC here (mutate), keeping its memory and general
+ * registers. Returns 0 when it goes on in the same IC, 1 in a new one. One
+ * exit (or trap) per call. */
+int xos_safe_point(void);
+
 /* ---- channel window ---------------------------------------------------- */
 /* When the monitor gave this IC one end of a shared-memory ring channel
  * (BootInfo.window), messages go through memory: no exit per message, only

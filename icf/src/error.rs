@@ -39,6 +39,12 @@ pub enum IcfError {
         /// What it wrote to stderr.
         stderr: String,
     },
+    /// `mutate` needs the IC's execution flow stopped at a safe point.
+    #[error("the {icf} IC's execution flow is not stopped at a safe point: call interrupter().request_safe_point() while it runs, and mutate it once run() returned GuestExit::SafePoint (the guest must call xos_safe_point() between messages)")]
+    NotAtSafePoint {
+        /// The IC's kind.
+        icf: &'static str,
+    },
     /// An IC was handed to a factory of another kind.
     #[error("an IC of kind {got} was given to the {expected} factory")]
     WrongKind {

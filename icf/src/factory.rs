@@ -61,16 +61,17 @@ impl IcSpec {
     }
 }
 
-/// An IC's complete state in the pivot form used by `mutate`: a process
-/// image (memory and registers) that every factory can convert to and from.
-/// Defined now so that factories agree on it; the first conversions arrive
-/// with the process ICF.
-#[derive(Clone, Debug, Default)]
+/// An execution flow in the pivot form used by `mutate`: its state at a
+/// safe point (memory and registers, the same for every kind because every
+/// kind lays the guest out at the same addresses) and how its IC ran (its
+/// original image, limits, host functions, channel window), which the next
+/// IC takes over.
+#[derive(Clone, Debug)]
 pub struct ProcessImage {
-    /// Memory regions: guest address and contents.
-    pub regions: Vec<(u64, Vec<u8>)>,
-    /// General registers.
-    pub regs: vmm::GuestRegs,
+    /// Memory and registers at the safe point.
+    pub state: vmm::pivot::EfState,
+    /// How the IC ran.
+    pub spec: IcSpec,
 }
 
 /// One isolation context: an instance of an isolation domain in which an
@@ -102,6 +103,15 @@ pub trait IsolationContext: Send {
     /// a CPU.
     fn switch_out(&mut self) -> Result<(), IcfError> {
         Ok(())
+    }
+
+    /// The `mutate` pivot's source: the execution flow, if the IC's last
+    /// run ended at a safe point ([`vmm::GuestExit::SafePoint`]).
+    fn into_process_image(self: Box<Self>) -> Result<ProcessImage, IcfError> {
+        Err(IcfError::Unsupported {
+            icf: self.kind(),
+            operation: "mutate to process",
+        })
     }
 
     /// `ic_dump`: the IC's complete state as bytes.
@@ -137,16 +147,21 @@ pub trait IsolationContextFactory: Send + Sync {
         })
     }
 
-    /// The `mutate` pivot, outbound: converts an IC of this kind into a
-    /// process image.
-    fn convert_to_process(&self, _ic: Box<dyn IsolationContext>) -> Result<ProcessImage, IcfError> {
-        Err(IcfError::Unsupported {
-            icf: self.name(),
-            operation: "mutate to process",
-        })
+    /// The `mutate` pivot, outbound: converts an IC of this kind, stopped
+    /// at a safe point, into a process image.
+    fn convert_to_process(&self, ic: Box<dyn IsolationContext>) -> Result<ProcessImage, IcfError> {
+        if ic.kind() != self.name() {
+            return Err(IcfError::WrongKind {
+                expected: self.name(),
+                got: ic.kind(),
+            });
+        }
+        ic.into_process_image()
     }
 
-    /// The `mutate` pivot, inbound: an IC of this kind from a process image.
+    /// The `mutate` pivot, inbound: an IC of this kind from a process
+    /// image; its first run continues the execution flow where it stopped
+    /// (its `xos_safe_point()` returns 1).
     fn convert_from_process(
         &self,
         _image: ProcessImage,

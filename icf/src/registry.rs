@@ -153,9 +153,11 @@ impl Registry {
         }
     }
 
-    /// `mutate(a, b)`: turns `ic` into an IC of kind `to`, through the
-    /// process pivot (`convert_to_process` of its factory, then `convert_from_process` of
-    /// the target's). Kinds that cannot convert give
+    /// `mutate(a, b)`: carries the execution flow of `ic`, stopped at a safe
+    /// point, into a new IC of kind `to`, through the process pivot
+    /// (`convert_to_process` of its factory, then `convert_from_process` of
+    /// the target's). An IC not stopped at a safe point gives
+    /// [`IcfError::NotAtSafePoint`]; kinds that cannot convert give
     /// [`IcfError::Unsupported`].
     pub fn mutate(
         &self,
@@ -164,9 +166,7 @@ impl Registry {
     ) -> Result<Box<dyn IsolationContext>, MutateError> {
         let from = self.resolve(ic.kind())?;
         let target = self.resolve(to)?;
-        if from.name() == target.name() {
-            return Ok(ic);
-        }
+        // Also to the same kind: the execution flow goes on in a new IC.
         let image = from.convert_to_process(ic)?;
         Ok(target.convert_from_process(image)?)
     }

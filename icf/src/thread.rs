@@ -18,8 +18,12 @@
 //! process runs one thread IC at a time; others wait their turn.
 
 use crate::error::IcfError;
-use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
-use crate::trap::{decode_doorbell_write, map_guest, unmap_guest, GREGS};
+use crate::factory::{
+    Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage,
+};
+use crate::trap::{
+    decode_doorbell_write, load_into_context, map_guest, regs_from_context, unmap_guest, GREGS,
+};
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -30,6 +34,7 @@ use vmm::exit::{Exception, GuestRegs, RunStats};
 use vmm::hypercall::{Hypercalls, Next};
 use vmm::interrupt::StopReason;
 use vmm::layout::{BootSetup, GuestLayout};
+use vmm::pivot::EfState;
 use vmm::{Fault, GuestExit, GuestIo, Interrupter, RunOutcome};
 use xos_abi::{layout, DOORBELL};
 
@@ -95,6 +100,21 @@ impl IsolationContextFactory for ThreadFactory {
         Ok(Box::new(ThreadIc {
             spec,
             interrupter: Interrupter::new(),
+            resume: None,
+            stopped_at: None,
+        }))
+    }
+
+    fn convert_from_process(
+        &self,
+        image: ProcessImage,
+    ) -> Result<Box<dyn IsolationContext>, IcfError> {
+        image.state.validate().map_err(vmm::RunError::from)?;
+        Ok(Box::new(ThreadIc {
+            spec: image.spec,
+            interrupter: Interrupter::new(),
+            resume: Some(Box::new(image.state)),
+            stopped_at: None,
         }))
     }
 }
@@ -103,6 +123,10 @@ impl IsolationContextFactory for ThreadFactory {
 pub struct ThreadIc {
     spec: IcSpec,
     interrupter: Interrupter,
+    /// An execution flow carried over from another IC, continued by `run`.
+    resume: Option<Box<EfState>>,
+    /// The execution flow, when the last run stopped at a safe point.
+    stopped_at: Option<Box<EfState>>,
 }
 
 /// The state of the guest running on this thread.
@@ -116,6 +140,13 @@ struct Running {
     mem_size: u64,
     /// Set by the stopping thread; read by the stop signal's handler.
     stop: Arc<AtomicU8>,
+    /// The run's handle: whether a safe-point stop was requested.
+    control: Interrupter,
+    /// Registers of a carried-over execution flow, loaded by the handler
+    /// of the fault that entering at address 0 raises.
+    resume_regs: Option<GuestRegs>,
+    /// The execution flow, when it stopped at a safe point.
+    pivot: Option<Box<EfState>>,
 }
 
 thread_local! {
@@ -212,20 +243,7 @@ fn leave(running: &mut Running, gregs: &mut [libc::greg_t; 23], exit: GuestExit)
 }
 
 fn regs_of(gregs: &[libc::greg_t; 23], addr: u64) -> GuestRegs {
-    let r = |i: libc::c_int| gregs[i as usize] as u64;
-    let mut regs = GuestRegs {
-        rip: r(libc::REG_RIP),
-        rsp: r(libc::REG_RSP),
-        rflags: r(libc::REG_EFL),
-        cr2: addr,
-        cpl: 3,
-        ..Default::default()
-    };
-    let order = [0, 3, 1, 2, 6, 7, 5, 8, 9, 10, 11, 12, 13, 14, 15];
-    for (slot, enc) in regs.gpr.iter_mut().zip(order) {
-        *slot = gregs[GREGS[enc]] as u64;
-    }
-    regs
+    regs_from_context(gregs, addr)
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -262,6 +280,14 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             return;
         }
         let addr = (*info).si_addr() as u64;
+        if sig == libc::SIGSEGV && rip == 0 {
+            if let Some(regs) = running.resume_regs.take() {
+                // The entry trampoline jumped to 0 on purpose: continue the
+                // carried-over execution flow with all its registers.
+                load_into_context(gregs, &regs);
+                return;
+            }
+        }
         let fault = |gregs: &[libc::greg_t; 23]| {
             let fault = match sig {
                 libc::SIGILL => Fault::Exception(Exception {
@@ -300,6 +326,22 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let number = gregs[GREGS[reg]] as u32;
         let exit = match running.hypercalls.handle(&running.mem, number) {
             Ok(Next::Resume) => None,
+            Ok(Next::SafePoint) if running.control.safe_point_requested() => {
+                let mut regs = regs_of(gregs, 0);
+                regs.rip = rip + len as u64;
+                match EfState::capture(&running.mem, running.mem_size, regs) {
+                    Ok(state) => {
+                        running.pivot = Some(Box::new(state));
+                        Some(GuestExit::SafePoint)
+                    }
+                    Err(e) => Some(fault_text(&e.to_string())),
+                }
+            }
+            Ok(Next::SafePoint) => running
+                .hypercalls
+                .ret(&running.mem, 0)
+                .err()
+                .map(|e| fault_text(&e.to_string())),
             Ok(Next::Ready) => running
                 .hypercalls
                 .ret(&running.mem, 0)
@@ -351,30 +393,41 @@ fn fault_text(text: &str) -> GuestExit {
 /// Runs the guest on the calling thread until it ends.
 fn run_on_this_thread(
     spec: &IcSpec,
+    resume: Option<&EfState>,
     mut io: GuestIo,
     stop: Arc<AtomicU8>,
-) -> Result<GuestExit, String> {
+    control: Interrupter,
+) -> Result<(GuestExit, Option<Box<EfState>>), String> {
     vmm::interrupt::clear_stop_request();
-    let mem_size = vmm::memory::checked_size(spec.mem_size).map_err(|e| e.to_string())?;
+    let mem_size = match resume {
+        Some(state) => state.mem_size,
+        None => vmm::memory::checked_size(spec.mem_size).map_err(|e| e.to_string())?,
+    };
     let mem = map_guest(mem_size)?;
     let setup = BootSetup {
         program: &spec.program,
         args: &spec.args,
         env: &spec.env,
     };
-    let prepared = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)
-        .map_err(|e| e.to_string())
-        .and_then(|layout| {
-            let Some(end) = &spec.window else {
-                return Ok((layout, mem, None, None));
-            };
-            let window = end.window().map_err(|e| e.to_string())?;
-            vmm::layout::write_window_info(&mem, &window.info()).map_err(|e| e.to_string())?;
-            let (mem, mapping) = window
-                .map_at_fixed_address(mem)
-                .map_err(|e| e.to_string())?;
-            Ok((layout, mem, Some(window), Some(mapping)))
-        });
+    let laid_out = match resume {
+        Some(state) => state
+            .restore_into(&mem)
+            .map_err(|e| e.to_string())
+            .and_then(|()| GuestLayout::read(&mem, mem_size).map_err(|e| e.to_string())),
+        None => GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)
+            .map_err(|e| e.to_string()),
+    };
+    let prepared = laid_out.and_then(|layout| {
+        let Some(end) = &spec.window else {
+            return Ok((layout, mem, None, None));
+        };
+        let window = end.window().map_err(|e| e.to_string())?;
+        vmm::layout::write_window_info(&mem, &window.info()).map_err(|e| e.to_string())?;
+        let (mem, mapping) = window
+            .map_at_fixed_address(mem)
+            .map_err(|e| e.to_string())?;
+        Ok((layout, mem, Some(window), Some(mapping)))
+    });
     let (layout, mem, window, window_mapping) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -391,6 +444,9 @@ fn run_on_this_thread(
         exit: None,
         mem_size,
         stop,
+        control,
+        resume_regs: resume.map(|state| state.regs),
+        pivot: None,
     });
     // An alternate stack for the handlers: the guest's stack is the
     // guest's business.
@@ -413,9 +469,16 @@ fn run_on_this_thread(
     // SAFETY: the guest's memory is mapped and set up; `host_rsp` lives in
     // the boxed state until after the guest has left through
     // `xos_thread_ic_resume`, which restores this frame.
+    // A carried-over execution flow enters at 0, whose fault loads its
+    // registers (see `on_signal`).
+    let entry = if resume.is_some() {
+        0
+    } else {
+        spec.program.entry()
+    };
     unsafe {
         xos_thread_ic_enter(
-            spec.program.entry(),
+            entry,
             layout::STACK_TOP,
             layout::BOOT_INFO,
             ptr::addr_of_mut!((*raw).host_rsp),
@@ -426,10 +489,12 @@ fn run_on_this_thread(
     unsafe { libc::sigaltstack(&old_ss, ptr::null_mut()) };
     drop(alt);
     let exit = running.exit.take();
+    let pivot = running.pivot.take();
     drop(running);
     drop(window_mapping);
     unmap_guest(mem_size);
-    exit.ok_or_else(|| "the guest left without a result".to_owned())
+    exit.map(|exit| (exit, pivot))
+        .ok_or_else(|| "the guest left without a result".to_owned())
 }
 
 impl IsolationContext for ThreadIc {
@@ -447,11 +512,13 @@ impl IsolationContext for ThreadIc {
         }
         let start = Instant::now();
         let spec = self.spec.clone();
+        let resume = self.resume.clone();
         let stop = Arc::new(AtomicU8::new(0));
         let thread_stop = stop.clone();
+        let control = interrupter.clone();
         let handle = std::thread::Builder::new()
             .name("xos-thread-ic".into())
-            .spawn(move || run_on_this_thread(&spec, io, thread_stop))
+            .spawn(move || run_on_this_thread(&spec, resume.as_deref(), io, thread_stop, control))
             .map_err(|e| IcfError::Unavailable {
                 icf: NAME,
                 reason: format!("cannot start the thread: {e}"),
@@ -489,14 +556,21 @@ impl IsolationContext for ThreadIc {
             std::thread::sleep(Duration::from_micros(200));
         }
         let joined = handle.join();
+        let paused = matches!(&joined, Ok(Ok((_, Some(_)))));
         if let Some(end) = &self.spec.window {
-            end.run_ended();
+            if paused {
+                end.run_paused();
+            } else {
+                end.run_ended();
+            }
         }
         let result = joined.map_err(|_| IcfError::Unavailable {
             icf: NAME,
             reason: "the IC's thread panicked".into(),
         })?;
-        let mut exit = result.map_err(|reason| IcfError::Unavailable { icf: NAME, reason })?;
+        let (mut exit, pivot) =
+            result.map_err(|reason| IcfError::Unavailable { icf: NAME, reason })?;
+        self.stopped_at = pivot;
         if let GuestExit::TimedOut { limit, .. } = &mut exit {
             *limit = self.spec.timeout.unwrap_or_default();
         }
@@ -505,6 +579,7 @@ impl IsolationContext for ThreadIc {
             stats: RunStats::default(),
             guest_time: start.elapsed(),
             snapshot: None,
+            pivot: None,
         })
     }
 
@@ -514,6 +589,16 @@ impl IsolationContext for ThreadIc {
 
     fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.spec.timeout = timeout;
+    }
+
+    fn into_process_image(self: Box<Self>) -> Result<ProcessImage, IcfError> {
+        match self.stopped_at {
+            Some(state) => Ok(ProcessImage {
+                state: *state,
+                spec: self.spec,
+            }),
+            None => Err(IcfError::NotAtSafePoint { icf: NAME }),
+        }
     }
 
     fn set_host_functions(&mut self, functions: vmm::HostFunctions) {

@@ -31,6 +31,53 @@ pub const GREGS: [usize; 16] = [
     libc::REG_R15 as usize,
 ];
 
+/// Signal-context indices of [`vmm::GuestRegs::gpr`] (rax, rbx, rcx, rdx,
+/// rsi, rdi, rbp, r8..r15).
+const GPR_SLOTS: [usize; 15] = [
+    libc::REG_RAX as usize,
+    libc::REG_RBX as usize,
+    libc::REG_RCX as usize,
+    libc::REG_RDX as usize,
+    libc::REG_RSI as usize,
+    libc::REG_RDI as usize,
+    libc::REG_RBP as usize,
+    libc::REG_R8 as usize,
+    libc::REG_R9 as usize,
+    libc::REG_R10 as usize,
+    libc::REG_R11 as usize,
+    libc::REG_R12 as usize,
+    libc::REG_R13 as usize,
+    libc::REG_R14 as usize,
+    libc::REG_R15 as usize,
+];
+
+/// The guest's registers in a signal context (`cr2` = the fault address).
+pub fn regs_from_context(gregs: &[libc::greg_t; 23], addr: u64) -> vmm::GuestRegs {
+    let mut regs = vmm::GuestRegs {
+        rip: gregs[libc::REG_RIP as usize] as u64,
+        rsp: gregs[libc::REG_RSP as usize] as u64,
+        rflags: gregs[libc::REG_EFL as usize] as u64,
+        cr2: addr,
+        cpl: 3,
+        ..Default::default()
+    };
+    for (slot, i) in regs.gpr.iter_mut().zip(GPR_SLOTS) {
+        *slot = gregs[i] as u64;
+    }
+    regs
+}
+
+/// Makes the signal context return into `regs` (an execution flow carried
+/// over from another IC): the kernel's signal return loads them all.
+pub fn load_into_context(gregs: &mut [libc::greg_t; 23], regs: &vmm::GuestRegs) {
+    gregs[libc::REG_RIP as usize] = regs.rip as i64;
+    gregs[libc::REG_RSP as usize] = regs.rsp as i64;
+    gregs[libc::REG_EFL as usize] = vmm::pivot::user_rflags(regs.rflags) as i64;
+    for (value, i) in regs.gpr.iter().zip(GPR_SLOTS) {
+        gregs[i] = *value as i64;
+    }
+}
+
 /// Decodes the doorbell write at the start of `code`: `mov dword [reg],
 /// r32` (opcode 0x89, optional REX, ModRM with any addressing form) or
 /// `movabs [moffs64], eax` (0xa3). Returns the source register (encoding

@@ -8,8 +8,11 @@
 
 use crate::channel::ring::GuestEnd;
 use crate::error::IcfError;
-use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
+use crate::factory::{
+    Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage,
+};
 use std::sync::Arc;
+use vmm::pivot::EfState;
 use vmm::runner::PreparedRun;
 use vmm::snapshot::Snapshot;
 use vmm::{GuestExit, GuestIo, Interrupter, RunConfig, RunOutcome};
@@ -41,27 +44,19 @@ impl IsolationContextFactory for VirtineFactory {
         if let Availability::Unavailable(reason) = self.init() {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
-        let window = spec
-            .window
-            .as_ref()
-            .map(|end| end.window())
-            .transpose()
-            .map_err(vmm::RunError::from)?;
-        Ok(Box::new(Virtine {
-            config: RunConfig {
-                mem_size: spec.mem_size,
-                args: spec.args,
-                env: spec.env,
-                timeout: spec.timeout,
-                host_functions: spec.host_functions,
-                output_limit: spec.output_limit,
-                window,
-                ..RunConfig::default()
-            },
-            start: Start::Image(spec.program),
-            interrupter: Interrupter::new(),
-            window_end: spec.window,
-        }))
+        let program = spec.program.clone();
+        Ok(Box::new(Virtine::with_start(Start::Image(program), spec)?))
+    }
+
+    fn convert_from_process(
+        &self,
+        image: ProcessImage,
+    ) -> Result<Box<dyn IsolationContext>, IcfError> {
+        if let Availability::Unavailable(reason) = self.init() {
+            return Err(IcfError::Unavailable { icf: NAME, reason });
+        }
+        let start = Start::Pivot(Box::new(image.state));
+        Ok(Box::new(Virtine::with_start(start, image.spec)?))
     }
 
     fn restore(&self, state: &[u8]) -> Result<Box<dyn IsolationContext>, IcfError> {
@@ -79,6 +74,8 @@ enum Start {
     Image(vmm::Program),
     /// From a snapshot taken at the guest's ready point.
     Snapshot(Arc<Snapshot>),
+    /// Where an execution flow carried over from another IC stopped.
+    Pivot(Box<EfState>),
 }
 
 /// One virtine IC.
@@ -88,9 +85,39 @@ pub struct Virtine {
     interrupter: Interrupter,
     /// The ring side behind the channel window, closed after every run.
     window_end: Option<GuestEnd>,
+    /// The image the execution flow came from (none from a snapshot).
+    program: Option<vmm::Program>,
+    /// The execution flow, when the last run stopped at a safe point.
+    stopped_at: Option<Box<EfState>>,
 }
 
 impl Virtine {
+    fn with_start(start: Start, spec: IcSpec) -> Result<Virtine, IcfError> {
+        let window = spec
+            .window
+            .as_ref()
+            .map(|end| end.window())
+            .transpose()
+            .map_err(vmm::RunError::from)?;
+        Ok(Virtine {
+            config: RunConfig {
+                mem_size: spec.mem_size,
+                args: spec.args,
+                env: spec.env,
+                timeout: spec.timeout,
+                host_functions: spec.host_functions,
+                output_limit: spec.output_limit,
+                window,
+                ..RunConfig::default()
+            },
+            start,
+            interrupter: Interrupter::new(),
+            window_end: spec.window,
+            program: Some(spec.program),
+            stopped_at: None,
+        })
+    }
+
     /// A virtine whose runs start from `snapshot`; of `config` only the
     /// timeout, host functions and seccomp setting apply.
     pub fn from_snapshot(snapshot: Arc<Snapshot>, config: RunConfig) -> Self {
@@ -99,6 +126,8 @@ impl Virtine {
             config,
             interrupter: Interrupter::new(),
             window_end: None,
+            program: None,
+            stopped_at: None,
         }
     }
 
@@ -109,6 +138,12 @@ impl Virtine {
         let program = match &self.start {
             Start::Snapshot(s) => return Ok(s.clone()),
             Start::Image(p) => p,
+            Start::Pivot(_) => {
+                return Err(IcfError::Unsupported {
+                    icf: NAME,
+                    operation: "ic_dump of an execution flow carried over from another IC",
+                })
+            }
         };
         let config = RunConfig {
             stop_at_ready: true,
@@ -142,12 +177,50 @@ impl IsolationContext for Virtine {
             Start::Image(program) => vmm::run_program(program, &self.config, io, &interrupter),
             Start::Snapshot(snapshot) => PreparedRun::from_snapshot(snapshot, &self.config, io)
                 .and_then(|run| run.run(&interrupter)),
+            Start::Pivot(state) => {
+                vmm::runner::run_from_state(state, &self.config, io, &interrupter)
+            }
         };
         self.interrupter = Interrupter::new();
+        let mut outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if let Some(end) = &self.window_end {
+                    end.run_ended();
+                }
+                return Err(e.into());
+            }
+        };
+        self.stopped_at = outcome.pivot.take();
         if let Some(end) = &self.window_end {
-            end.run_ended();
+            if self.stopped_at.is_some() {
+                // The execution flow goes on elsewhere: keep its side open.
+                end.run_paused();
+            } else {
+                end.run_ended();
+            }
         }
-        Ok(result?)
+        Ok(outcome)
+    }
+
+    fn into_process_image(self: Box<Self>) -> Result<ProcessImage, IcfError> {
+        let (Some(state), Some(program)) = (self.stopped_at, self.program) else {
+            return Err(IcfError::NotAtSafePoint { icf: NAME });
+        };
+        let c = self.config;
+        Ok(ProcessImage {
+            state: *state,
+            spec: IcSpec {
+                program,
+                mem_size: c.mem_size,
+                args: c.args,
+                env: c.env,
+                timeout: c.timeout,
+                host_functions: c.host_functions,
+                output_limit: c.output_limit,
+                window: self.window_end,
+            },
+        })
     }
 
     fn dump(&self) -> Result<Vec<u8>, IcfError> {

@@ -42,9 +42,13 @@ fn the_virtine_factory_creates_runnable_ics() {
 }
 
 fn unsupported(e: IcfError, operation: &str) {
+    unsupported_by(e, "virtine", operation)
+}
+
+fn unsupported_by(e: IcfError, kind: &str, operation: &str) {
     match e {
         IcfError::Unsupported { icf, operation: op } => {
-            assert_eq!((icf, op), ("virtine", operation));
+            assert_eq!((icf, op), (kind, operation));
         }
         other => panic!("expected Unsupported {operation}, got {other}"),
     }
@@ -103,17 +107,28 @@ fn operations_not_implemented_yet_are_typed_errors() {
         factory.restore(b"state"),
         Err(IcfError::Snapshot(_))
     ));
-    unsupported(
-        factory
-            .convert_from_process(ProcessImage::default())
-            .err()
-            .expect("from"),
-        "mutate from process",
-    );
-    unsupported(
-        factory.convert_to_process(ic).expect_err("to"),
-        "mutate to process",
-    );
+    // A virtine that never stopped at a safe point has no execution flow
+    // to carry over.
+    assert!(matches!(
+        factory.convert_to_process(ic),
+        Err(IcfError::NotAtSafePoint { icf: "virtine" })
+    ));
+    // A process image whose memory is outside guest user memory is refused.
+    let bad = ProcessImage {
+        state: xos_vmm_pivot_bad_state(),
+        spec: IcSpec::new(exit9()),
+    };
+    let mut ic = factory.convert_from_process(bad).expect("created");
+    let (io, _, _) = vmm::GuestIo::capture(Vec::new());
+    assert!(ic.run(io).is_err());
+}
+
+fn xos_vmm_pivot_bad_state() -> vmm::pivot::EfState {
+    vmm::pivot::EfState {
+        mem_size: 16 << 20,
+        regions: vec![(0x1000, vec![0xcc; 4096])],
+        regs: vmm::GuestRegs::default(),
+    }
 }
 
 struct FakeProcess;
@@ -147,8 +162,6 @@ fn mutate_goes_through_the_pivot_and_reports_what_is_missing() {
     registry.register(Arc::new(FakeProcess)).expect("register");
     let factory = registry.resolve("virtine").expect("virtine");
     let ic = factory.create(IcSpec::new(exit9())).expect("create");
-    // Same kind: nothing to do.
-    let ic = registry.mutate(ic, "virtine").expect("identity mutate");
     // Unknown target kind.
     let e = registry.mutate(ic, "enclave").err().expect("unknown");
     assert!(
@@ -156,11 +169,24 @@ fn mutate_goes_through_the_pivot_and_reports_what_is_missing() {
             .contains("unknown isolation context factory 'enclave'"),
         "{e}"
     );
-    // Virtine -> process needs the virtine's outbound pivot, not built yet.
+    // Virtine -> process needs the virtine stopped at a safe point.
     let ic = factory.create(IcSpec::new(exit9())).expect("create");
-    let e = registry.mutate(ic, "process").err().expect("unsupported");
-    assert!(
-        e.to_string().contains("does not support mutate to process"),
-        "{e}"
+    let e = registry
+        .mutate(ic, "process")
+        .err()
+        .expect("not at a safe point");
+    assert!(e.to_string().contains("not stopped at a safe point"), "{e}");
+    // A factory without an inbound pivot says so.
+    let image = ProcessImage {
+        state: xos_vmm_pivot_bad_state(),
+        spec: IcSpec::new(exit9()),
+    };
+    unsupported_by(
+        FakeProcess
+            .convert_from_process(image)
+            .err()
+            .expect("unsupported"),
+        "process",
+        "mutate from process",
     );
 }

@@ -176,6 +176,10 @@ pub enum GuestExit {
     /// The guest reached its ready point and was stopped there to take a
     /// snapshot ([`crate::RunConfig::stop_at_ready`]).
     Ready,
+    /// The guest reached a safe point after one was requested
+    /// ([`crate::Interrupter::request_safe_point`]) and was stopped there;
+    /// [`crate::RunOutcome::pivot`] holds its state.
+    SafePoint,
 }
 
 impl GuestExit {
@@ -188,7 +192,7 @@ impl GuestExit {
             GuestExit::Aborted(_) => 128 + libc::SIGABRT,
             GuestExit::TimedOut { .. } => 124,
             GuestExit::Killed => 128 + libc::SIGKILL,
-            GuestExit::Ready => 0,
+            GuestExit::Ready | GuestExit::SafePoint => 0,
             GuestExit::Faulted { fault, .. } => match fault {
                 Fault::Exception(e) => match e.vector {
                     0 | 16 | 19 => 128 + libc::SIGFPE,
@@ -231,6 +235,7 @@ impl fmt::Display for GuestExit {
             GuestExit::Aborted(m) => write!(f, "guest aborted: {m}"),
             GuestExit::Killed => write!(f, "guest was killed"),
             GuestExit::Ready => write!(f, "guest stopped at its ready point"),
+            GuestExit::SafePoint => write!(f, "guest stopped at a safe point to change IC"),
             GuestExit::TimedOut { limit, regs } => write!(
                 f,
                 "guest timed out after {limit:?} and was stopped at rip={:#x}",

@@ -59,6 +59,9 @@ pub enum Next {
     Ready,
     /// The guest aborted with this message.
     Abort(String),
+    /// The guest is at a safe point (`SAFE_POINT`); the run loop stops there
+    /// if a mutation was requested, else answers 0 and resumes.
+    SafePoint,
     /// The guest broke the protocol.
     Fault(Fault),
 }
@@ -157,6 +160,7 @@ impl Hypercalls {
         match number {
             nr::EXIT => Ok(Next::Exit(a[0] as u8)),
             nr::READY => Ok(Next::Ready),
+            nr::SAFE_POINT => Ok(Next::SafePoint),
             nr::ABORT => Ok(Next::Abort(self.abort_message(mem, a[0], a[1]))),
             nr::FLUSH => self.ret(mem, 0),
             nr::READ_STDIN => {

@@ -8,7 +8,7 @@
 //! lands between the monitor's check and the ioctl.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -93,7 +93,14 @@ unsafe impl Send for Target {}
 struct Inner {
     target: Mutex<Option<Target>>,
     reason: AtomicU8,
+    safe_point: AtomicBool,
+    /// Tells a guest outside this process about a safe-point request.
+    safe_point_hook: Mutex<Option<SafePointHook>>,
 }
+
+/// Called when a safe point is requested (see
+/// [`Interrupter::set_safe_point_hook`]).
+pub type SafePointHook = Box<dyn Fn() + Send>;
 
 /// A cloneable handle that stops one guest run.
 #[derive(Clone)]
@@ -114,6 +121,8 @@ impl Interrupter {
             inner: Arc::new(Inner {
                 target: Mutex::new(None),
                 reason: AtomicU8::new(StopReason::None as u8),
+                safe_point: AtomicBool::new(false),
+                safe_point_hook: Mutex::new(None),
             }),
         }
     }
@@ -151,6 +160,41 @@ impl Interrupter {
     /// Stops the guest: an explicit kill.
     pub fn kill(&self) {
         self.stop(StopReason::Kill)
+    }
+
+    /// Asks the execution flow to stop at its next safe point (the
+    /// `SAFE_POINT` hypercall), so that it can be carried into another IC
+    /// (`mutate`). Unlike a stop it does not interrupt the guest: it ends
+    /// the run only where the guest says it may.
+    pub fn request_safe_point(&self) {
+        self.inner.safe_point.store(true, Ordering::SeqCst);
+        if let Some(hook) = self.safe_point_hook().as_ref() {
+            hook();
+        }
+    }
+
+    /// Has `hook` called on every later [`Interrupter::request_safe_point`]
+    /// (`None` removes it), and once now if one was requested already: a
+    /// guest in another process learns of requests this way.
+    pub fn set_safe_point_hook(&self, hook: Option<SafePointHook>) {
+        let mut slot = self.safe_point_hook();
+        *slot = hook;
+        if let (Some(hook), true) = (slot.as_ref(), self.safe_point_requested()) {
+            hook();
+        }
+    }
+
+    fn safe_point_hook(&self) -> MutexGuard<'_, Option<SafePointHook>> {
+        // As for `target`: a poisoned lock still holds a usable value.
+        self.inner
+            .safe_point_hook
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Whether [`Interrupter::request_safe_point`] was called.
+    pub fn safe_point_requested(&self) -> bool {
+        self.inner.safe_point.load(Ordering::SeqCst)
     }
 
     /// Why the guest was stopped, if it was.

@@ -237,16 +237,10 @@ impl GuestLayout {
 }
 
 impl GuestLayout {
-    /// Reads the layout of a guest restored from a snapshot from its
-    /// BootInfo (checking that every region is guest user memory), then
-    /// prepares the guest to continue at its ready point: the first chunk of
-    /// new stdin in the stdin buffer, an empty output buffer, and 1 as the
-    /// result of the pending `READY` hypercall.
-    pub fn resume(
-        mem: &GuestMemoryMmap,
-        mem_size: u64,
-        stdin: &mut dyn GuestInput,
-    ) -> Result<GuestLayout, LayoutError> {
+    /// Reads the layout of a guest that already ran (restored from a
+    /// snapshot, or an execution flow carried over from another IC) from
+    /// its BootInfo, checking that every region is guest user memory.
+    pub fn read(mem: &GuestMemoryMmap, mem_size: u64) -> Result<GuestLayout, LayoutError> {
         let bad = |m: String| LayoutError::BadBootInfo(m);
         let info: BootInfo = mem
             .read_obj(GuestAddress(layout::BOOT_INFO))
@@ -278,7 +272,7 @@ impl GuestLayout {
         };
         user("stdin buffer", info.stdin.buf, info.stdin.cap)?;
         user("output buffer", info.output.buf, info.output.cap)?;
-        let layout = GuestLayout {
+        Ok(GuestLayout {
             mem_size,
             args: info.heap_end,
             args_size: info.output.buf.saturating_sub(info.heap_end),
@@ -287,8 +281,20 @@ impl GuestLayout {
             stdin: info.stdin.buf,
             stdin_cap: info.stdin.cap,
             heap_start: info.heap_start,
-        };
+        })
+    }
 
+    /// Reads the layout of a guest restored from a snapshot (see
+    /// [`GuestLayout::read`]), then prepares the guest to continue at its
+    /// ready point: the first chunk of new stdin in the stdin buffer, an
+    /// empty output buffer, and 1 as the result of the pending `READY`
+    /// hypercall.
+    pub fn resume(
+        mem: &GuestMemoryMmap,
+        mem_size: u64,
+        stdin: &mut dyn GuestInput,
+    ) -> Result<GuestLayout, LayoutError> {
+        let layout = Self::read(mem, mem_size)?;
         let mut chunk = vec![0u8; layout.stdin_cap.min(layout::STDIN_BUF_SIZE) as usize];
         let (len, eof) = stdin.prefill(&mut chunk).map_err(LayoutError::Stdin)?;
         write(mem, "stdin buffer", layout.stdin, &chunk[..len])?;

@@ -14,6 +14,8 @@
 //!   [`pool`]: warm instances of a snapshot, reset after every call.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
+//! - [`pivot`]: an execution flow's state at a safe point, which every
+//!   kind of IC can continue (`mutate`).
 //! - [`window`]: memory shared with a peer, mapped into the guest (the
 //!   channel window).
 #![deny(missing_docs)]
@@ -31,6 +33,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod pivot;
 pub mod pool;
 pub mod reaper;
 pub mod runner;

@@ -263,6 +263,21 @@ impl Machine {
         self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
     }
 
+    /// Sets up the vCPU to continue an execution flow at CPL3 with `regs`
+    /// (general registers, RIP, RSP; RFLAGS reduced to the user flags).
+    pub fn set_user_registers(&mut self, regs: &crate::exit::GuestRegs) {
+        self.set_entry(regs.rip, regs.rsp, 0);
+        let g = regs.gpr;
+        let sync = self.vcpu.sync_regs_mut();
+        let r = &mut sync.regs;
+        (r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp) =
+            (g[0], g[1], g[2], g[3], g[4], g[5], g[6]);
+        (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) =
+            (g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14]);
+        r.rflags = crate::pivot::user_rflags(regs.rflags);
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+    }
+
     /// Loads general and special registers with the next entry, through the
     /// `kvm_run` page (no ioctl); used to reset pooled instances.
     pub fn set_registers_on_entry(

@@ -21,6 +21,7 @@ use crate::io::GuestIo;
 use crate::layout::{BootSetup, GuestLayout, LayoutError};
 use crate::loader::Program;
 use crate::machine::{create_vcpu, create_vm, prepare_memory, Machine, MachineError, VmShell};
+use crate::pivot::{EfState, PivotError};
 use crate::reaper;
 use crate::seccomp::SeccompError;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -56,6 +57,9 @@ pub enum RunError {
     /// The channel window could not be set up.
     #[error(transparent)]
     Window(#[from] WindowError),
+    /// An execution flow's state could not be captured or restored.
+    #[error(transparent)]
+    Pivot(#[from] PivotError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -127,6 +131,9 @@ pub struct RunOutcome {
     /// The guest's state at its ready point, when the run was asked to stop
     /// there and it did.
     pub snapshot: Option<Box<Snapshot>>,
+    /// The execution flow's state when the run ended at a safe point
+    /// ([`GuestExit::SafePoint`]).
+    pub pivot: Option<Box<EfState>>,
 }
 
 /// Called each time a hypercall has been served and the guest is about to
@@ -244,6 +251,18 @@ impl PreparedRun {
             } else {
                 None
             };
+            let pivot = if exit == GuestExit::SafePoint {
+                // As above: RIP moves past the doorbell write.
+                self.machine.complete_pending_io()?;
+                let regs = self.machine.registers()?;
+                Some(Box::new(EfState::capture(
+                    self.machine.memory(),
+                    self.machine.mem_size(),
+                    regs,
+                )?))
+            } else {
+                None
+            };
             Ok(RunOutcome {
                 exit,
                 stats: RunStats {
@@ -252,6 +271,7 @@ impl PreparedRun {
                 },
                 guest_time,
                 snapshot,
+                pivot,
             })
         });
         (outcome, self.machine)
@@ -273,6 +293,46 @@ impl PreparedRun {
         })?;
         wait_for_result(&rx, timeout, interrupter)
     }
+}
+
+/// Continues an execution flow stopped at a safe point (in any kind of
+/// IC) in a fresh VM: its memory and registers from `state`, the pending
+/// `SAFE_POINT` answering 1. Of `config`, the memory size and arguments
+/// are ignored (they are the state's); the window, if any, is mapped again.
+pub fn run_from_state(
+    state: &EfState,
+    config: &RunConfig,
+    io: GuestIo,
+    interrupter: &Interrupter,
+) -> Result<RunOutcome, RunError> {
+    install_handler()?;
+    reaper::start();
+    state.validate()?;
+    let mem_size = state.mem_size;
+    let vm = create_vm()?;
+    let vcpu = create_vcpu(&vm)?;
+    let mem = prepare_memory(mem_size)?;
+    state.restore_into(&mem)?;
+    let layout = GuestLayout::read(&mem, mem_size)?;
+    let mem = match &config.window {
+        Some(w) => {
+            crate::layout::write_window_info(&mem, &w.info())?;
+            w.add_to_vm_memory(mem)?
+        }
+        None => mem,
+    };
+    let shell = VmShell::register(vm, mem, mem_size)?;
+    let mut machine = Machine::assemble(shell, vcpu, Privilege::User);
+    machine.set_user_registers(&state.regs);
+    PreparedRun {
+        machine,
+        hypercalls: Hypercalls::new(layout, io, config.host_functions.clone())
+            .with_output_limit(config.output_limit)
+            .with_window(config.window.clone()),
+        options: LoopControl::from_config(config),
+        seccomp: config.seccomp,
+    }
+    .run(interrupter)
 }
 
 /// Runs `job` on a filtered executor thread, or on a fresh unfiltered thread
@@ -316,6 +376,7 @@ fn wait_for_result(
                             stats: RunStats::default(),
                             guest_time: limit + STOP_GRACE,
                             snapshot: None,
+                            pivot: None,
                         })
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
@@ -497,6 +558,12 @@ pub(crate) fn run_loop(
                     }
                     Next::Ready if options.stop_at_ready => return Ok((GuestExit::Ready, exits)),
                     Next::Ready => {
+                        hypercalls.ret(machine.memory(), 0)?;
+                    }
+                    Next::SafePoint if interrupter.safe_point_requested() => {
+                        return Ok((GuestExit::SafePoint, exits))
+                    }
+                    Next::SafePoint => {
                         hypercalls.ret(machine.memory(), 0)?;
                     }
                     Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),

@@ -120,6 +120,12 @@ pub mod nr {
     /// `WINDOW_WAIT` of the peer IC, or a host thread's futex wait). `ret`
     /// = 0.
     pub const WINDOW_WAKE: u32 = 10;
+    /// A safe point: the execution flow is between messages, with nothing
+    /// in flight, so the monitor may end the run here to carry it into
+    /// another kind of IC (`mutate`). `ret` = 0 when it goes on in the same
+    /// IC; 1 when it goes on in a new IC, with its memory and general
+    /// registers (vector registers are not carried: it is a call).
+    pub const SAFE_POINT: u32 = 11;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.

@@ -58,6 +58,11 @@ int xos_ready(void)
     return (int)__xos_hc(XOS_HC_READY);
 }
 
+int xos_safe_point(void)
+{
+    return (int)__xos_hc(XOS_HC_SAFE_POINT);
+}
+
 /* Appends n bytes for fd, flushing whenever the buffer fills up. */
 static void out_buffered(int fd, const char *p, size_t n)
 {

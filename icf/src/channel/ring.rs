@@ -709,6 +709,15 @@ impl GuestEnd {
         }
     }
 
+    /// The IC's run stopped at a safe point and its execution flow will go
+    /// on in another IC: the side stays open, held by this process until
+    /// the next IC's run claims it.
+    pub fn run_paused(&self) {
+        if let Ok(w) = self.view.word(OFF_PID[self.view.side]) {
+            w.store(own_pid(), Ordering::SeqCst);
+        }
+    }
+
     /// The IC's run ended (exit, fault, kill or time limit): its side is
     /// closed, and a peer waiting on it gets `PeerGone` instead of a hang.
     pub fn run_ended(&self) {

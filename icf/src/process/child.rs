@@ -6,19 +6,21 @@
 //! instruction. Any other fatal signal ends the IC as a fault.
 //!
 //! Results go to the parent on the status fd as one line: `exit N`,
-//! `abort MESSAGE`, `fault TEXT` or `signal SIG ADDR RIP RSP RFLAGS` and
+//! `abort MESSAGE`, `fault TEXT`, `safepoint` (the execution flow's state
+//! is then in the pivot memfd) or `signal SIG ADDR RIP RSP RFLAGS` and
 //! the 15 general registers in `GuestRegs` order (rax, rbx, rcx, rdx, rsi,
 //! rdi, rbp, r8..r15).
 
 use crate::channel::ring::{Notify, RingChannel};
-use crate::trap::{decode_doorbell_write, map_guest, GREGS};
+use crate::trap::{decode_doorbell_write, load_into_context, map_guest, regs_from_context, GREGS};
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::hypercall::{Hypercalls, Next};
 use vmm::layout::{BootSetup, GuestLayout};
+use vmm::pivot::EfState;
 use vmm::{GuestIo, HostFunctions, Program};
 use xos_abi::{layout, DOORBELL};
 
@@ -28,11 +30,25 @@ pub const IMAGE_FD: i32 = 3;
 pub const STATUS_FD: i32 = 4;
 /// The channel window's memfd, when the IC has one (`--window SIDE NOTIFY`).
 pub const WINDOW_FD: i32 = 5;
+/// A memfd for the execution flow's state: read at start with `--resume`,
+/// written when the run stops at a safe point.
+pub const PIVOT_FD: i32 = 6;
+/// The signal the parent sends to ask for a stop at the next safe point.
+pub const SAFE_POINT_SIGNAL: i32 = libc::SIGUSR2;
+
+/// Set by [`SAFE_POINT_SIGNAL`]'s handler.
+static SAFE_POINT_WANTED: AtomicBool = AtomicBool::new(false);
 
 /// What the signal handler needs.
 struct Child {
     mem: GuestMemoryMmap,
     hypercalls: Hypercalls,
+    mem_size: u64,
+    /// The window's side, to hand it back to the parent at a safe point.
+    window_side: Option<usize>,
+    /// Registers of a carried-over execution flow, loaded by the handler
+    /// of the fault that entering at address 0 raises.
+    resume_regs: Option<vmm::GuestRegs>,
 }
 
 static CHILD: AtomicPtr<Child> = AtomicPtr::new(ptr::null_mut());
@@ -60,6 +76,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     let mut env = Vec::new();
     let mut argv = Vec::new();
     let mut window = None;
+    let mut resume = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.to_str() {
@@ -70,6 +87,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
                     .unwrap_or_else(|| fail("--mem needs a number"));
             }
             Some("--env") => env.push(it.next().unwrap_or_default().into_vec()),
+            Some("--resume") => resume = true,
             Some("--window") => {
                 let side = it.next().and_then(|v| v.to_str()?.parse().ok());
                 let notify = match it.next().as_ref().and_then(|v| v.to_str()) {
@@ -97,17 +115,32 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     }
     drop(file);
     let program = Program::parse(image).unwrap_or_else(|e| fail(&e.to_string()));
-    let mem_size = vmm::memory::checked_size(mem_size).unwrap_or_else(|e| fail(&e.to_string()));
+    let state = resume.then(read_state);
+    let mem_size = match &state {
+        Some(state) => state.mem_size,
+        None => vmm::memory::checked_size(mem_size).unwrap_or_else(|e| fail(&e.to_string())),
+    };
     let mem = map_guest(mem_size).unwrap_or_else(|e: String| fail(&e));
 
-    let setup = BootSetup {
-        program: &program,
-        args: &argv,
-        env: &env,
+    let layout = match &state {
+        Some(state) => {
+            state
+                .restore_into(&mem)
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            GuestLayout::read(&mem, mem_size).unwrap_or_else(|e| fail(&e.to_string()))
+        }
+        None => {
+            let setup = BootSetup {
+                program: &program,
+                args: &argv,
+                env: &env,
+            };
+            let mut stdin = vmm::io::HostStdin;
+            GuestLayout::prepare(&mem, mem_size, true, &setup, &mut stdin)
+                .unwrap_or_else(|e| fail(&e.to_string()))
+        }
     };
-    let mut stdin = vmm::io::HostStdin;
-    let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut stdin)
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    let window_side = window.map(|(side, _)| side);
     let (mem, window) = match window {
         None => (mem, None),
         Some((side, notify)) => {
@@ -126,10 +159,51 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
         mem,
         hypercalls: Hypercalls::new(layout, GuestIo::inherit(), HostFunctions::new())
             .with_window(window),
+        mem_size,
+        window_side,
+        resume_regs: state.as_ref().map(|s| s.regs),
     });
     CHILD.store(Box::into_raw(child), Ordering::SeqCst);
     install_handlers();
-    enter(program.entry())
+    // A carried-over execution flow enters at 0, whose fault loads its
+    // registers (see `on_signal`).
+    enter(if state.is_some() { 0 } else { program.entry() })
+}
+
+/// The execution flow to continue, from [`PIVOT_FD`].
+fn read_state() -> EfState {
+    // SAFETY: PIVOT_FD was dup'ed for us by the parent and is ours; it
+    // stays open (ManuallyDrop) for the state written at a safe point.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PIVOT_FD) });
+    let mut bytes = Vec::new();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        fail(&format!("cannot read the execution flow's state: {e}"));
+    }
+    EfState::decode(&bytes).unwrap_or_else(|e| fail(&e.to_string()))
+}
+
+/// Stops at a safe point: the state goes to [`PIVOT_FD`] for the parent,
+/// the window's side back to the parent (this process is about to end),
+/// and the run ends with `safepoint`.
+fn stop_at_safe_point(child: &Child, regs: vmm::GuestRegs) -> ! {
+    use std::os::unix::fs::FileExt;
+    let state =
+        EfState::capture(&child.mem, child.mem_size, regs).unwrap_or_else(|e| fail(&e.to_string()));
+    // SAFETY: as in `read_state`.
+    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(PIVOT_FD) });
+    if let Err(e) = file
+        .set_len(0)
+        .and_then(|()| file.write_all_at(&state.encode(), 0))
+    {
+        fail(&format!("cannot save the execution flow's state: {e}"));
+    }
+    if let Some(side) = child.window_side {
+        let pid_at = xos_abi::WINDOW + xos_abi::ring::OFF_PID[side];
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        let _ = child.mem.write_obj(parent, GuestAddress(pid_at));
+    }
+    finish("safepoint", 0)
 }
 
 /// The channel window from the memfd at [`WINDOW_FD`], side `side`.
@@ -165,6 +239,20 @@ fn install_handlers() {
     };
     // SAFETY: `ss` describes the mapping above.
     unsafe { libc::sigaltstack(&ss, ptr::null_mut()) };
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_safe_point_request as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(SAFE_POINT_SIGNAL, &sa, ptr::null_mut());
+        // The parent spawned us with it blocked; a request sent meanwhile
+        // is delivered now.
+        let mut unblock: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblock);
+        libc::sigaddset(&mut unblock, SAFE_POINT_SIGNAL);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &unblock, ptr::null_mut());
+    }
     for sig in [
         libc::SIGSEGV,
         libc::SIGBUS,
@@ -201,6 +289,10 @@ fn enter(entry: u64) -> ! {
             options(noreturn)
         )
     }
+}
+
+extern "C" fn on_safe_point_request(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SAFE_POINT_WANTED.store(true, Ordering::SeqCst);
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -241,6 +333,14 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 r(libc::REG_EFL)
             )
         };
+        if sig == libc::SIGSEGV && rip == 0 && !child.is_null() {
+            if let Some(regs) = (*child).resume_regs.take() {
+                // The entry jumped to 0 on purpose: continue the carried-
+                // over execution flow with all its registers.
+                load_into_context(gregs, &regs);
+                return;
+            }
+        }
         if sig != libc::SIGSEGV || child.is_null() || addr & !0xfff != DOORBELL {
             finish(&report(gregs), 128 + sig);
         }
@@ -259,6 +359,16 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             Ok(Next::Resume) => {}
             Ok(Next::Ready) => {
                 // No snapshots of process ICs (yet): READY answers 0.
+                if let Err(e) = child.hypercalls.ret(&child.mem, 0) {
+                    finish(&format!("error {e}"), 1);
+                }
+            }
+            Ok(Next::SafePoint) if SAFE_POINT_WANTED.load(Ordering::SeqCst) => {
+                let mut regs = regs_from_context(gregs, 0);
+                regs.rip = rip + len as u64;
+                stop_at_safe_point(child, regs)
+            }
+            Ok(Next::SafePoint) => {
                 if let Err(e) = child.hypercalls.ret(&child.mem, 0) {
                     finish(&format!("error {e}"), 1);
                 }

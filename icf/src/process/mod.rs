@@ -12,7 +12,9 @@
 pub mod child;
 
 use crate::error::IcfError;
-use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
+use crate::factory::{
+    Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage,
+};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,6 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use vmm::exit::{Exception, GuestRegs, RunStats};
 use vmm::interrupt::StopReason;
+use vmm::pivot::EfState;
 use vmm::{Fault, GuestExit, GuestIo, Interrupter, RunOutcome};
 
 /// Name of the kind.
@@ -76,17 +79,37 @@ impl IsolationContextFactory for ProcessFactory {
     }
 
     fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {
+        Ok(Box::new(self.new_ic(spec)?))
+    }
+
+    fn convert_from_process(
+        &self,
+        image: ProcessImage,
+    ) -> Result<Box<dyn IsolationContext>, IcfError> {
+        image.state.validate().map_err(vmm::RunError::from)?;
+        let mut spec = image.spec;
+        spec.mem_size = image.state.mem_size;
+        let mut ic = self.new_ic(spec)?;
+        ic.resume = Some(Box::new(image.state));
+        Ok(Box::new(ic))
+    }
+}
+
+impl ProcessFactory {
+    fn new_ic(&self, spec: IcSpec) -> Result<ProcessIc, IcfError> {
         let Some(helper) = self.helper.clone() else {
             return Err(IcfError::Unavailable {
                 icf: NAME,
                 reason: "no process helper is configured".into(),
             });
         };
-        Ok(Box::new(ProcessIc {
+        Ok(ProcessIc {
             helper,
             spec,
             interrupter: Interrupter::new(),
-        }))
+            resume: None,
+            stopped_at: None,
+        })
     }
 }
 
@@ -95,6 +118,18 @@ pub struct ProcessIc {
     helper: Helper,
     spec: IcSpec,
     interrupter: Interrupter,
+    /// An execution flow carried over from another IC, continued by `run`.
+    resume: Option<Box<EfState>>,
+    /// The execution flow, when the last run stopped at a safe point.
+    stopped_at: Option<Box<EfState>>,
+}
+
+/// A pidfd for process `pid`, if the kernel gives one.
+fn pidfd_of(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: a fresh fd that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A pipe (read end, write end), both close-on-exec.
@@ -136,6 +171,7 @@ fn parse_status(line: &str, mem_size: u64) -> Option<GuestExit> {
     match kind {
         "exit" => rest.parse().ok().map(GuestExit::Exited),
         "abort" => Some(GuestExit::Aborted(rest.to_owned())),
+        "safepoint" => Some(GuestExit::SafePoint),
         "signal" => {
             let v: Vec<u64> = rest.split(' ').filter_map(|v| v.parse().ok()).collect();
             let [sig, addr, rip, rsp, rflags, ref gpr @ ..] = v[..] else {
@@ -174,13 +210,71 @@ fn parse_status(line: &str, mem_size: u64) -> Option<GuestExit> {
 }
 
 impl ProcessIc {
-    fn spawn(&self, io: &GuestIo) -> std::io::Result<(std::process::Child, OwnedFd)> {
+    /// How the run ended, from the stop reason and the child's report;
+    /// at a safe point, the execution flow's state is taken from `pivot`.
+    fn exit_of(
+        &mut self,
+        stopped: StopReason,
+        status_code: std::process::ExitStatus,
+        status: OwnedFd,
+        mut pivot: std::fs::File,
+    ) -> Result<GuestExit, IcfError> {
+        self.stopped_at = None;
+        Ok(match stopped {
+            StopReason::Timeout => GuestExit::TimedOut {
+                limit: self.spec.timeout.unwrap_or_default(),
+                regs: Box::default(),
+            },
+            StopReason::Kill => GuestExit::Killed,
+            StopReason::None => {
+                let mut line = String::new();
+                let _ = std::fs::File::from(status).read_to_string(&mut line);
+                match parse_status(&line, self.spec.mem_size) {
+                    Some(GuestExit::SafePoint) => {
+                        let mut bytes = Vec::new();
+                        std::io::Seek::rewind(&mut pivot)
+                            .and_then(|_| pivot.read_to_end(&mut bytes))
+                            .map_err(|e| IcfError::Unavailable {
+                                icf: NAME,
+                                reason: format!("cannot read the execution flow's state: {e}"),
+                            })?;
+                        let state = EfState::decode(&bytes).map_err(vmm::RunError::from)?;
+                        self.stopped_at = Some(Box::new(state));
+                        GuestExit::SafePoint
+                    }
+                    Some(exit) => exit,
+                    None if line.starts_with("error ") => {
+                        return Err(IcfError::Unavailable {
+                            icf: NAME,
+                            reason: line[6..].trim_end().to_owned(),
+                        })
+                    }
+                    None => GuestExit::Faulted {
+                        fault: Fault::UnexpectedExit(format!(
+                            "the process ended without reporting ({status_code})"
+                        )),
+                        regs: Box::default(),
+                        mem_size: self.spec.mem_size,
+                    },
+                }
+            }
+        })
+    }
+
+    fn spawn(
+        &self,
+        io: &GuestIo,
+    ) -> std::io::Result<(std::process::Child, OwnedFd, std::fs::File)> {
         let image = memfd_with(self.spec.program.bytes())?;
+        let pivot = memfd_with(&self.resume.as_ref().map(|s| s.encode()).unwrap_or_default())?;
         let (status_read, status_write) = pipe()?;
         let mut cmd = Command::new(&self.helper.program);
         cmd.args(&self.helper.args)
             .arg("--mem")
             .arg(self.spec.mem_size.to_string());
+        if self.resume.is_some() {
+            cmd.arg("--resume");
+        }
         for e in &self.spec.env {
             cmd.arg("--env").arg(std::ffi::OsStr::from_bytes(e));
         }
@@ -210,6 +304,7 @@ impl ProcessIc {
         };
         cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
         let (image_fd, status_fd) = (image.as_raw_fd(), status_write.as_raw_fd());
+        let pivot_fd = pivot.as_raw_fd();
         // SAFETY: only fcntl and dup2 between fork and exec (both
         // async-signal-safe). They place the image and status fds at 3 and
         // 4 without close-on-exec, while the originals keep it so no other
@@ -227,6 +322,16 @@ impl ProcessIc {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Safe-point requests stay pending until the child has its
+                // handler (a blocked mask survives exec).
+                let mut block: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut block);
+                libc::sigaddset(&mut block, child::SAFE_POINT_SIGNAL);
+                libc::sigprocmask(libc::SIG_BLOCK, &block, std::ptr::null_mut());
+                let high = libc::fcntl(pivot_fd, libc::F_DUPFD, 10);
+                if high < 0 || libc::dup2(high, child::PIVOT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if let Some(fd) = window_fd {
                     let high = libc::fcntl(fd, libc::F_DUPFD, 10);
                     if high < 0 || libc::dup2(high, child::WINDOW_FD) < 0 {
@@ -240,7 +345,7 @@ impl ProcessIc {
         drop(status_write);
         drop(image);
         drop(window);
-        Ok((child, status_read))
+        Ok((child, status_read, pivot))
     }
 }
 
@@ -257,8 +362,25 @@ impl IsolationContext for ProcessIc {
             reason: format!("cannot start the process: {e}"),
         };
         let start = Instant::now();
-        let (mut child, status) = self.spawn(&io).map_err(spawn_err)?;
+        let (mut child, status, pivot) = self.spawn(&io).map_err(spawn_err)?;
         let pid = child.id() as i32;
+        // Safe-point requests reach the child as a signal, through a pidfd
+        // so that a request after it was reaped cannot hit a reused pid.
+        if let Some(pidfd) = pidfd_of(pid) {
+            interrupter.set_safe_point_hook(Some(Box::new(move || {
+                // SAFETY: a pidfd we own; the signal's handler in the
+                // child only sets a flag read at its next safe point.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        child::SAFE_POINT_SIGNAL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0u32,
+                    )
+                };
+            })));
+        }
         if let Some(end) = &self.spec.window {
             end.run_starting(child.id());
         }
@@ -323,43 +445,25 @@ impl IsolationContext for ProcessIc {
             let _ = p.join();
         }
         drop(pumps); // the stdin pump ends when the child's stdin closes
-        if let Some(end) = &self.spec.window {
-            end.run_ended();
-        }
-        let status_code = waited.map_err(spawn_err)?;
+        interrupter.set_safe_point_hook(None);
         let guest_time = start.elapsed();
-        let exit = match stopped {
-            StopReason::Timeout => GuestExit::TimedOut {
-                limit: self.spec.timeout.unwrap_or_default(),
-                regs: Box::default(),
-            },
-            StopReason::Kill => GuestExit::Killed,
-            StopReason::None => {
-                let mut line = String::new();
-                let _ = std::fs::File::from(status).read_to_string(&mut line);
-                match parse_status(&line, self.spec.mem_size) {
-                    Some(exit) => exit,
-                    None if line.starts_with("error ") => {
-                        return Err(IcfError::Unavailable {
-                            icf: NAME,
-                            reason: line[6..].trim_end().to_owned(),
-                        })
-                    }
-                    None => GuestExit::Faulted {
-                        fault: Fault::UnexpectedExit(format!(
-                            "the process ended without reporting ({status_code})"
-                        )),
-                        regs: Box::default(),
-                        mem_size: self.spec.mem_size,
-                    },
-                }
+        let exit = waited
+            .map_err(spawn_err)
+            .and_then(|status_code| self.exit_of(stopped, status_code, status, pivot));
+        if let Some(end) = &self.spec.window {
+            if self.stopped_at.is_some() {
+                end.run_paused();
+            } else {
+                end.run_ended();
             }
-        };
+        }
+        let exit = exit?;
         Ok(RunOutcome {
             exit,
             stats: RunStats::default(),
             guest_time,
             snapshot: None,
+            pivot: None,
         })
     }
 
@@ -369,6 +473,16 @@ impl IsolationContext for ProcessIc {
 
     fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.spec.timeout = timeout;
+    }
+
+    fn into_process_image(self: Box<Self>) -> Result<ProcessImage, IcfError> {
+        match self.stopped_at {
+            Some(state) => Ok(ProcessImage {
+                state: *state,
+                spec: self.spec,
+            }),
+            None => Err(IcfError::NotAtSafePoint { icf: NAME }),
+        }
     }
 
     fn set_host_functions(&mut self, functions: vmm::HostFunctions) {
