@@ -41,10 +41,6 @@ fn the_virtine_factory_creates_runnable_ics() {
     ic.switch_out().expect("switch_out");
 }
 
-fn unsupported(e: IcfError, operation: &str) {
-    unsupported_by(e, "virtine", operation)
-}
-
 fn unsupported_by(e: IcfError, kind: &str, operation: &str) {
     match e {
         IcfError::Unsupported { icf, operation: op } => {
