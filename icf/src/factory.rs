@@ -74,6 +74,25 @@ pub struct ProcessImage {
     pub spec: IcSpec,
 }
 
+impl ProcessImage {
+    /// Checks the state (every region in guest user memory) and that it
+    /// fits the spec's memory size: a state can come from a process IC's
+    /// helper, whose guest could have written it.
+    pub fn validate(&self) -> Result<(), IcfError> {
+        self.state.validate().map_err(vmm::RunError::from)?;
+        let spec_size = vmm::memory::checked_size(self.spec.mem_size)
+            .map_err(|e| vmm::RunError::from(vmm::machine::MachineError::from(e)))?;
+        if spec_size != self.state.mem_size {
+            return Err(vmm::RunError::from(vmm::pivot::PivotError::Invalid(format!(
+                "it has {} bytes of memory, its IC had {spec_size}",
+                self.state.mem_size
+            )))
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// One isolation context: an instance of an isolation domain in which an
 /// execution flow runs.
 pub trait IsolationContext: Send {

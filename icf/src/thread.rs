@@ -109,7 +109,7 @@ impl IsolationContextFactory for ThreadFactory {
         &self,
         image: ProcessImage,
     ) -> Result<Box<dyn IsolationContext>, IcfError> {
-        image.state.validate().map_err(vmm::RunError::from)?;
+        image.validate()?;
         Ok(Box::new(ThreadIc {
             spec: image.spec,
             interrupter: Interrupter::new(),

@@ -55,6 +55,7 @@ impl IsolationContextFactory for VirtineFactory {
         if let Availability::Unavailable(reason) = self.init() {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
+        image.validate()?;
         let start = Start::Pivot(Box::new(image.state));
         Ok(Box::new(Virtine::with_start(start, image.spec)?))
     }

@@ -114,9 +114,20 @@ fn operations_not_implemented_yet_are_typed_errors() {
         state: xos_vmm_pivot_bad_state(),
         spec: IcSpec::new(exit9()),
     };
-    let mut ic = factory.convert_from_process(bad).expect("created");
-    let (io, _, _) = vmm::GuestIo::capture(Vec::new());
-    assert!(ic.run(io).is_err());
+    let e = factory.convert_from_process(bad).err().expect("refused");
+    assert!(e.to_string().contains("outside guest user memory"), "{e}");
+    // So is one whose memory size is not its IC's.
+    let mut state = xos_vmm_pivot_bad_state();
+    state.regions.clear();
+    state.mem_size = 32 << 20;
+    let e = factory
+        .convert_from_process(ProcessImage {
+            state,
+            spec: IcSpec::new(exit9()),
+        })
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("its IC had"), "{e}");
 }
 
 fn xos_vmm_pivot_bad_state() -> vmm::pivot::EfState {

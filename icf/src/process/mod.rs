@@ -86,7 +86,7 @@ impl IsolationContextFactory for ProcessFactory {
         &self,
         image: ProcessImage,
     ) -> Result<Box<dyn IsolationContext>, IcfError> {
-        image.state.validate().map_err(vmm::RunError::from)?;
+        image.validate()?;
         let mut spec = image.spec;
         spec.mem_size = image.state.mem_size;
         let mut ic = self.new_ic(spec)?;
