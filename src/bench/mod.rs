@@ -26,8 +26,10 @@
 //! - `channel.<mechanism>.<bytes>`: one call (request and reply) between
 //!   two host threads over each channel mechanism (see [`channels`]).
 //!
-//! - `xic.<icf>.host.hypercall.<bytes>` and `create.<icf>`: cross-IC calls
-//!   and IC creation through the VIC layer (see [`xic`]).
+//! - `xic.<caller>.<callee>.<mechanism>.<bytes>` and `create.<icf>`:
+//!   cross-IC calls and IC creation through the VIC layer (see [`xic`]).
+//! - `mutate.<from>.<to>`: moving a running execution flow into a new IC
+//!   of another kind (see [`mutate`]).
 //!
 //! Benchmarks named `breakdown.*` take the cold start apart (see
 //! [`breakdown`]); they run only when FILTER starts with `breakdown`.
@@ -36,6 +38,7 @@ pub mod breakdown;
 pub mod cgi;
 pub mod channels;
 pub mod measure;
+pub mod mutate;
 pub mod plot;
 pub mod server;
 pub mod throughput;
@@ -77,6 +80,8 @@ pub const PROCESS_SAMPLES: usize = 10;
 pub const XIC_SAMPLES: usize = 100;
 /// Samples per round for the host channel calls.
 pub const CHANNEL_SAMPLES: usize = 100;
+/// Samples per round for `mutate.*` (each a move there and back).
+pub const MUTATE_SAMPLES: usize = 4;
 /// Samples per round for the thread baseline.
 pub const THREAD_SAMPLES: usize = 100;
 
@@ -457,6 +462,15 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
             _ => plan.push((bench.name.to_owned(), bench.samples, Box::new(bench.run))),
         }
     }
+    // Moving an execution flow between every two kinds.
+    for (name, run) in mutate_benches() {
+        if selected(&name, filter) {
+            match &kvm {
+                Err(_) => skipped.push(name),
+                Ok(()) => plan.push((name, MUTATE_SAMPLES, run)),
+            }
+        }
+    }
     // The cross-IC matrix: every pair and mechanism the registry offers.
     for (name, run) in xic::matrix(&crate::binary_registry()) {
         if selected(&name, filter) {
@@ -488,6 +502,7 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
         names.extend(
             xic::matrix(&crate::binary_registry())
                 .into_iter()
+                .chain(mutate_benches())
                 .map(|(name, _)| name),
         );
         names.extend(["serve.rps".to_owned(), "baseline.cgi_rps".to_owned()]);
@@ -551,6 +566,20 @@ fn run_main(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the plan in [`ROUNDS`] interleaved rounds and summarizes.
+/// `mutate.<from>.<to>` for every two kinds `mutate` connects.
+fn mutate_benches() -> Vec<(String, xic::MatrixRun)> {
+    let mut out: Vec<(String, xic::MatrixRun)> = Vec::new();
+    for from in mutate::KINDS {
+        for to in mutate::KINDS {
+            out.push((
+                format!("mutate.{from}.{to}"),
+                Box::new(move |n| mutate::measure_mutate(from, to, n)),
+            ));
+        }
+    }
+    out
+}
+
 /// A benchmark to run: name, samples per round, measurement.
 type Planned = (
     String,

@@ -81,8 +81,20 @@ impl EfState {
         let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut page = vec![0u8; PAGE as usize];
         for (start, stop) in user_ranges(mem_size) {
+            // Pages the host never backed are zero: skip them without
+            // touching them (reading 16 MiB page by page costs ~7 ms of
+            // page faults, most guests touch a few hundred KiB).
+            let resident = resident_pages(mem, start, stop);
             let mut addr = start;
             while addr < stop {
+                let index = ((addr - start) / PAGE) as usize;
+                if resident
+                    .as_ref()
+                    .is_some_and(|r| r.get(index) == Some(&false))
+                {
+                    addr += PAGE;
+                    continue;
+                }
                 mem.read_slice(&mut page, GuestAddress(addr))
                     .map_err(|source| PivotError::Memory {
                         what: "read",
@@ -205,6 +217,23 @@ impl EfState {
         state.validate()?;
         Ok(state)
     }
+}
+
+/// Which pages of guest range `[start, stop)` the host has backed
+/// (`mincore`), or `None` when that cannot be told (then every page is
+/// read).
+fn resident_pages(mem: &GuestMemoryMmap, start: u64, stop: u64) -> Option<Vec<bool>> {
+    use vm_memory::GuestMemoryBackend;
+    let len = usize::try_from(stop.checked_sub(start)?).ok()?;
+    // The whole range must be one contiguous host mapping.
+    let slice = mem.get_slice(GuestAddress(start), len).ok()?;
+    let host = slice.ptr_guard().as_ptr();
+    let mut vec = vec![0u8; len.div_ceil(PAGE as usize)];
+    // SAFETY: `host` starts a mapping of `len` bytes (the slice above),
+    // page aligned because guest pages are; mincore only fills `vec`, one
+    // byte per page.
+    let r = unsafe { libc::mincore(host.cast_mut().cast(), len, vec.as_mut_ptr()) };
+    (r == 0).then(|| vec.iter().map(|b| b & 1 != 0).collect())
 }
 
 /// Reads the encoded form front to back.
