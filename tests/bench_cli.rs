@@ -80,24 +80,26 @@ fn bench_measures_window_calls_between_every_kind() {
     }
     // A sample is the mean of a batch of calls timed inside the caller;
     // the host threads' ring comes along (the VM<->VM bar's baseline).
-    bench_records(
-        "shm-poll.8",
-        &[
-            "channel.shm-poll.8",
-            "xic.process.host.shm-poll.8",
-            "xic.thread.host.shm-poll.8",
-            "xic.virtine.host.shm-poll.8",
-            "xic.process.process.shm-poll.8",
-            "xic.process.thread.shm-poll.8",
-            "xic.thread.process.shm-poll.8",
-            "xic.process.virtine.shm-poll.8",
-            "xic.virtine.process.shm-poll.8",
-            "xic.thread.virtine.shm-poll.8",
-            "xic.virtine.thread.shm-poll.8",
-            "xic.virtine.virtine.shm-poll.8",
-        ],
-        5000,
-    );
+    // Every pair the registry connects with a window, in both orders (an
+    // IC calls the host, not the other way round).
+    let registry = xos_vmm::icf::Registry::builtin();
+    let mut expected = vec!["channel.shm-poll.8".to_owned()];
+    for (a, b, mechanisms) in registry.com().pairs() {
+        if !mechanisms.contains(&xos_vmm::icf::ComMechanism::ShmRingPoll) {
+            continue;
+        }
+        let orders = match (a, b) {
+            ("host", ic) | (ic, "host") => vec![(ic, "host")],
+            (a, b) if a == b => vec![(a, b)],
+            (a, b) => vec![(a, b), (b, a)],
+        };
+        for (caller, callee) in orders {
+            expected.push(format!("xic.{caller}.{callee}.shm-poll.8"));
+        }
+    }
+    assert!(expected.len() >= 12, "{expected:?}");
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    bench_records("shm-poll.8", &expected, 5000);
 }
 
 #[test]

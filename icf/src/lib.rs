@@ -14,8 +14,10 @@
 //! | `register_com(a, b)` | [`Registry::register_com`], table in [`com`] |
 //! | `mutate(a, b)` | [`Registry::mutate`], through [`IsolationContextFactory::convert_to_process`] and [`IsolationContextFactory::convert_from_process`] |
 //!
-//! Factories: [`virtine`] (a fresh micro-VM per run), [`process`] (a host
-//! process running the same image, for comparison; the `mutate` pivot).
+//! Factories: [`virtine`] (a fresh micro-VM per run), [`vm`] (a long-lived
+//! VM whose execution flow keeps running across runs), [`process`] (a host
+//! process running the same image, for comparison; the `mutate` pivot),
+//! [`thread`] (a thread of the monitor).
 #![deny(missing_docs)]
 
 pub mod channel;
@@ -27,6 +29,7 @@ pub mod registry;
 pub mod thread;
 pub mod trap;
 pub mod virtine;
+pub mod vm;
 
 pub use channel::{Channel, ChannelError};
 pub use com::{Choice, ChoiceReason, ComCosts, ComError, ComMechanism, ComTable};

@@ -67,6 +67,7 @@ impl Registry {
         let mut r = Registry::new();
         // Registering distinct names into an empty registry cannot collide.
         let _ = r.register(Arc::new(crate::virtine::VirtineFactory));
+        let _ = r.register(Arc::new(crate::vm::VmFactory));
         let process = match helper {
             Some(h) => crate::process::ProcessFactory::new(h),
             None => crate::process::ProcessFactory::default(),
@@ -75,7 +76,7 @@ impl Registry {
         let _ = r.register(Arc::new(crate::thread::ThreadFactory));
         // A process IC's hypercalls are served inside its own process: the
         // embedder's host functions are not reachable from it (yet).
-        for kind in ["virtine", "thread"] {
+        for kind in ["virtine", "vm", "thread"] {
             r.register_com(kind, "host", ComMechanism::HypercallRelay);
         }
         // IC to IC: each end's monitor relays over a channel attached as
@@ -88,11 +89,16 @@ impl Registry {
         // kind maps a window; two thread ICs never run at once.
         for (a, b) in [
             ("virtine", "virtine"),
+            ("virtine", "vm"),
             ("virtine", "thread"),
             ("virtine", "process"),
+            ("vm", "vm"),
+            ("vm", "thread"),
+            ("vm", "process"),
             ("thread", "process"),
             ("process", "process"),
             ("virtine", "host"),
+            ("vm", "host"),
             ("thread", "host"),
             ("process", "host"),
         ] {

@@ -14,6 +14,7 @@
 //!   [`pool`]: warm instances of a snapshot, reset after every call.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
+//! - [`vm`]: a long-lived VM (booted once, run many times; the `vm` ICF).
 //! - [`pivot`]: an execution flow's state at a safe point, which every
 //!   kind of IC can continue (`mutate`).
 //! - [`window`]: memory shared with a peer, mapped into the guest (the
@@ -39,6 +40,7 @@ pub mod reaper;
 pub mod runner;
 pub mod seccomp;
 pub mod snapshot;
+pub mod vm;
 pub mod window;
 
 pub use exit::{Fault, GuestExit, GuestRegs, RunStats};

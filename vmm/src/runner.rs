@@ -60,6 +60,9 @@ pub enum RunError {
     /// An execution flow's state could not be captured or restored.
     #[error(transparent)]
     Pivot(#[from] PivotError),
+    /// A long-lived VM cannot run.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -353,7 +356,7 @@ fn dispatch(seccomp: bool, job: impl FnOnce() + Send + 'static) -> Result<(), Ru
 }
 
 /// Waits for a run's result, stopping the guest when `timeout` passes.
-fn wait_for_result(
+pub(crate) fn wait_for_result(
     rx: &mpsc::Receiver<Result<RunOutcome, RunError>>,
     timeout: Option<Duration>,
     interrupter: &Interrupter,
