@@ -88,7 +88,7 @@ pub fn measure(a: &str, b: &str, mechanism: ComMechanism) -> anyhow::Result<Dura
             ("host", ic) | (ic, "host") => crate::bench::xic::measure_host_call(ic, 8, CALLS)?,
             (a, b) => crate::bench::xic::measure_ic_call(a, b, 8, CALLS)?,
         },
-        ComMechanism::ShmRingPoll | ComMechanism::ShmRingFutex => {
+        ComMechanism::ShmRingPoll | ComMechanism::ShmRingFutex | ComMechanism::Virtio => {
             // An IC's end is its channel window: batches of calls timed
             // inside the caller (see `measure_window_call`).
             let (caller, callee) = match (a, b) {

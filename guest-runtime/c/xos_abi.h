@@ -32,6 +32,11 @@
 #define XOS_MAX_WINDOW_SIZE 0x200000ull
 #define XOS_WINDOW_MAY_SLEEP 1u
 
+/* The virtio channel device (BootInfo.devices & XOS_DEVICE_VIRTIO_CHANNEL):
+ * its virtio-mmio register page. */
+#define XOS_VIRTIO_MMIO 0x600000000ull
+#define XOS_DEVICE_VIRTIO_CHANNEL 1ull
+
 /* Ring layout inside the window (abi::ring). */
 #define XOS_RING_MAGIC 0x474e5258u /* "XRNG" little endian */
 #define XOS_RING_CONTROL 4096u
@@ -96,6 +101,7 @@ struct xos_boot_info {
     struct xos_output_state output;
     struct xos_hypercall hypercall;
     struct xos_window_info window;
+    uint64_t devices;
 };
 
 #endif

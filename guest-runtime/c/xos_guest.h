@@ -78,6 +78,18 @@ long xos_chan_recv(void *buf, size_t cap);
 /* Sends `request`, then receives the reply into `reply`. */
 long xos_chan_call(const void *request, size_t len, void *reply, size_t cap);
 
+/* ---- virtio channel device --------------------------------------------- */
+/* When the monitor gave this VM a virtio channel device (BootInfo.devices),
+ * messages go through two virtqueues in guest memory (docs/ABI.md,
+ * "Virtio channel device"): set-up costs ~30 exits, then none per message
+ * while the device polls. Messages up to 64 KiB. Errors as for the window:
+ * XOS_EINVAL without a device, XOS_EPIPE when the host end is gone, XOS_EIO
+ * when the device stopped serving, XOS_E2BIG (consumed). */
+int xos_vchan_available(void);
+long xos_vchan_send(const void *msg, size_t len);
+long xos_vchan_recv(void *buf, size_t cap);
+long xos_vchan_call(const void *request, size_t len, void *reply, size_t cap);
+
 /* ---- errno ------------------------------------------------------------- */
 
 extern int errno;

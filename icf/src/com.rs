@@ -20,6 +20,9 @@ pub enum ComMechanism {
     UnixSocket,
     /// A TCP connection on 127.0.0.1.
     Tcp,
+    /// A virtio channel device (two virtqueues) in a VM IC, served by a
+    /// device thread that forwards to the peer over a shared-memory ring.
+    Virtio,
 }
 
 impl ComMechanism {
@@ -32,17 +35,19 @@ impl ComMechanism {
             ComMechanism::Pipe => "pipe",
             ComMechanism::UnixSocket => "unix",
             ComMechanism::Tcp => "tcp",
+            ComMechanism::Virtio => "virtio",
         }
     }
 
     /// Every mechanism, in a fixed order.
-    pub const ALL: [ComMechanism; 6] = [
+    pub const ALL: [ComMechanism; 7] = [
         ComMechanism::HypercallRelay,
         ComMechanism::ShmRingPoll,
         ComMechanism::ShmRingFutex,
         ComMechanism::Pipe,
         ComMechanism::UnixSocket,
         ComMechanism::Tcp,
+        ComMechanism::Virtio,
     ];
 
     /// The mechanism whose [`ComMechanism::name`] is `name`.
@@ -65,6 +70,9 @@ impl ComMechanism {
             ComMechanism::Pipe => "one pipe per direction, length-prefixed messages",
             ComMechanism::UnixSocket => "a Unix stream socket pair, length-prefixed messages",
             ComMechanism::Tcp => "a TCP connection on 127.0.0.1 without Nagle, length-prefixed messages",
+            ComMechanism::Virtio => {
+                "a virtio-mmio device with two virtqueues in the VM; its device thread polls them and forwards over a shared-memory ring"
+            }
         }
     }
 }

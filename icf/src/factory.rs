@@ -42,6 +42,9 @@ pub struct IcSpec {
     /// window (`xos_chan_*` in the C runtime): messages through memory,
     /// no exit per message.
     pub window: Option<crate::channel::ring::GuestEnd>,
+    /// A virtio channel device for the guest (VM ICs only: virtine, vm):
+    /// the C runtime's `xos_vchan_*` drive it.
+    pub virtio: Option<std::sync::Arc<crate::channel::virtio::VirtioChannel>>,
 }
 
 impl IcSpec {
@@ -57,6 +60,7 @@ impl IcSpec {
             host_functions: HostFunctions::new(),
             output_limit: None,
             window: None,
+            virtio: None,
         }
     }
 }
@@ -72,6 +76,19 @@ pub struct ProcessImage {
     pub state: vmm::pivot::EfState,
     /// How the IC ran.
     pub spec: IcSpec,
+}
+
+impl IcSpec {
+    /// Refuses a virtio device for a kind that is not a VM.
+    pub fn check_no_virtio(&self, icf: &'static str) -> Result<(), IcfError> {
+        match self.virtio {
+            Some(_) => Err(IcfError::Unsupported {
+                icf,
+                operation: "a virtio device (only VM ICs, virtine and vm, have devices)",
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ProcessImage {

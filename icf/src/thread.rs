@@ -97,6 +97,7 @@ impl IsolationContextFactory for ThreadFactory {
     }
 
     fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {
+        spec.check_no_virtio(NAME)?;
         Ok(Box::new(ThreadIc {
             spec,
             interrupter: Interrupter::new(),
@@ -110,6 +111,7 @@ impl IsolationContextFactory for ThreadFactory {
         image: ProcessImage,
     ) -> Result<Box<dyn IsolationContext>, IcfError> {
         image.validate()?;
+        image.spec.check_no_virtio(NAME)?;
         Ok(Box::new(ThreadIc {
             spec: image.spec,
             interrupter: Interrupter::new(),

@@ -86,6 +86,8 @@ pub struct Virtine {
     interrupter: Interrupter,
     /// The ring side behind the channel window, closed after every run.
     window_end: Option<GuestEnd>,
+    /// Its virtio channel device, if any.
+    virtio: Option<Arc<crate::channel::virtio::VirtioChannel>>,
     /// The image the execution flow came from (none from a snapshot).
     program: Option<vmm::Program>,
     /// The execution flow, when the last run stopped at a safe point.
@@ -109,11 +111,13 @@ impl Virtine {
                 host_functions: spec.host_functions,
                 output_limit: spec.output_limit,
                 window,
+                device: spec.virtio.as_ref().map(|v| v.device()),
                 ..RunConfig::default()
             },
             start,
             interrupter: Interrupter::new(),
             window_end: spec.window,
+            virtio: spec.virtio,
             program: Some(spec.program),
             stopped_at: None,
         })
@@ -127,6 +131,7 @@ impl Virtine {
             config,
             interrupter: Interrupter::new(),
             window_end: None,
+            virtio: None,
             program: None,
             stopped_at: None,
         }
@@ -220,6 +225,7 @@ impl IsolationContext for Virtine {
                 host_functions: c.host_functions,
                 output_limit: c.output_limit,
                 window: self.window_end,
+                virtio: self.virtio,
             },
         })
     }

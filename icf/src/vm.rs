@@ -81,6 +81,7 @@ impl VmIc {
             host_functions: spec.host_functions.clone(),
             output_limit: spec.output_limit,
             window,
+            device: spec.virtio.as_ref().map(|v| v.device()),
             ..RunConfig::default()
         };
         if let Some(end) = &spec.window {

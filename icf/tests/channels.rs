@@ -21,7 +21,9 @@ fn pair(m: ComMechanism) -> Pair {
         ComMechanism::Pipe => boxed(pipe_pair().unwrap()),
         ComMechanism::UnixSocket => boxed(unix_pair().unwrap()),
         ComMechanism::Tcp => boxed(tcp_pair().unwrap()),
-        ComMechanism::HypercallRelay => unreachable!("not a channel between host ICs"),
+        ComMechanism::HypercallRelay | ComMechanism::Virtio => {
+            unreachable!("not a channel between host threads")
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 /* chan call N SIZE [BATCH] | chan serve: one end of a cross-IC channel,
  * whichever way the monitor provides it: a channel window mapped into the
- * guest (xos_chan_*, no exit per message) when there is one, else the host
- * functions of icf::channel::attach ("chan.call", "chan.recv",
- * "chan.reply_recv"), one exit per call.
+ * guest (xos_chan_*, no exit per message) when there is one, else a virtio
+ * channel device (xos_vchan_*, no exit per message while its device thread
+ * polls), else the host functions of icf::channel::attach ("chan.call",
+ * "chan.recv", "chan.reply_recv"), one exit per call.
  *
  *   chan call N SIZE [BATCH]  makes N calls with SIZE-byte requests and
  *                     checks each reply is the request with every byte plus
@@ -36,12 +37,15 @@ static int parse(const char *s, unsigned long long *out)
  * one host call (chan.reply_recv). */
 static int serve(void)
 {
-    if (xos_chan_window()) {
+    if (xos_chan_window() || xos_vchan_available()) {
+        int window = xos_chan_window();
         long n;
-        while ((n = xos_chan_recv(request, MAX_SIZE)) >= 0) {
+        while ((n = window ? xos_chan_recv(request, MAX_SIZE)
+                           : xos_vchan_recv(request, MAX_SIZE)) >= 0) {
             for (long i = 0; i < n; i++)
                 request[i]++;
-            if (xos_chan_send(request, (size_t)n) < 0)
+            if ((window ? xos_chan_send(request, (size_t)n)
+                        : xos_vchan_send(request, (size_t)n)) < 0)
                 break;
         }
         return 0; /* the peer is gone: done */
@@ -71,6 +75,7 @@ static int call(unsigned long long n, unsigned long long size,
                 unsigned long long batch)
 {
     int window = xos_chan_window();
+    int vchan = !window && xos_vchan_available();
     unsigned long long stamps = 0;
     for (unsigned long long i = 0; i < n; i++) {
         if (batch && i % batch == 0 && stamps <= MAX_BATCHES)
@@ -82,9 +87,10 @@ static int call(unsigned long long n, unsigned long long size,
             for (unsigned long long j = 0; j < size; j++)
                 request[j] = (unsigned char)(i + j);
         unsigned long long base = batch ? 0 : i;
-        long r = window ? xos_chan_call(request, size, reply, MAX_SIZE)
-                        : xos_host_call("chan.call", request, size, reply,
-                                        MAX_SIZE);
+        long r = window  ? xos_chan_call(request, size, reply, MAX_SIZE)
+                 : vchan ? xos_vchan_call(request, size, reply, MAX_SIZE)
+                         : xos_host_call("chan.call", request, size, reply,
+                                         MAX_SIZE);
         if (r != (long)size) {
             fprintf(stderr, "chan: call %llu returned %ld, expected %llu\n", i,
                     r, size);

@@ -15,6 +15,11 @@
  *   bigout             prints 300000 'x' and a newline (output flushes)
  *   hostcall NAME IN   xos_host_call(NAME, IN) with a 4096-byte output
  *                      buffer; prints "ret=<ret> out=<output>"
+ *   virtio-evil        sets up the virtio channel device with its queues
+ *                      in the supervisor-only system area (where the page
+ *                      tables are) and offers a receive buffer there, then
+ *                      prints "status=<hex>" (the device must refuse:
+ *                      0x40, DEVICE_NEEDS_RESET, set)
  *
  * A fault mode that does not fault prints "faults: MODE did not fault" to
  * stderr and exits 3. Bad usage exits 2. */
@@ -89,6 +94,29 @@ int main(int argc, char **argv)
         long r = xos_host_call(argv[2], argv[3], strlen(argv[3]), out,
                                sizeof(out));
         printf("ret=%ld out=%.*s\n", r, r > 0 ? (int)r : 0, out);
+        return 0;
+    } else if (!strcmp(m, "virtio-evil")) {
+        volatile uint32_t *r = (volatile uint32_t *)(uintptr_t)XOS_VIRTIO_MMIO;
+        if (!(xos_boot_info()->devices & XOS_DEVICE_VIRTIO_CHANNEL))
+            return usage();
+        r[0x70 / 4] = 0;
+        r[0x70 / 4] = 3;
+        r[0x24 / 4] = 1;
+        r[0x20 / 4] = 1; /* VIRTIO_F_VERSION_1 */
+        r[0x70 / 4] = 0xb;
+        for (uint32_t q = 0; q < 2; q++) {
+            r[0x30 / 4] = q;
+            r[0x38 / 4] = 8;
+            r[0x80 / 4] = 0x4000; /* the PML4 */
+            r[0x84 / 4] = 0;
+            r[0x90 / 4] = 0x5000;
+            r[0x94 / 4] = 0;
+            r[0xa0 / 4] = 0x6000;
+            r[0xa4 / 4] = 0;
+            r[0x44 / 4] = 1;
+        }
+        r[0x70 / 4] = 0xf; /* DRIVER_OK */
+        printf("status=%x\n", r[0x70 / 4]);
         return 0;
     } else {
         return usage();

@@ -25,7 +25,9 @@ fn pair(m: ComMechanism) -> anyhow::Result<(Box<dyn Channel>, Box<dyn Channel>)>
         ComMechanism::Pipe => boxed(pipe_pair()),
         ComMechanism::UnixSocket => boxed(unix_pair()),
         ComMechanism::Tcp => boxed(tcp_pair()),
-        ComMechanism::HypercallRelay => anyhow::bail!("the hypercall relay is not a host channel"),
+        ComMechanism::HypercallRelay | ComMechanism::Virtio => {
+            anyhow::bail!("{} is not a channel between host threads", m.name())
+        }
     }
 }
 

@@ -256,11 +256,13 @@ pub fn measure_window_call(
     bytes: usize,
     samples: usize,
 ) -> anyhow::Result<Vec<u64>> {
+    // Windows map the ring itself; a virtio device forwards to it.
     let notify = match mechanism {
         icf::ComMechanism::ShmRingPoll => Notify::Poll,
-        icf::ComMechanism::ShmRingFutex => Notify::Futex,
-        m => anyhow::bail!("{} is not a channel window mechanism", m.name()),
+        icf::ComMechanism::ShmRingFutex | icf::ComMechanism::Virtio => Notify::Futex,
+        m => anyhow::bail!("{} connects no ICs without exits", m.name()),
     };
+    let virtio = mechanism == icf::ComMechanism::Virtio;
     let program = Program::parse(image_bytes(CHAN_IMAGE)?)
         .with_context(|| format!("cannot parse {CHAN_IMAGE}"))?;
     let registry = crate::binary_registry();
@@ -292,7 +294,11 @@ pub fn measure_window_call(
         let mut spec = IcSpec::new(program.clone());
         spec.args = vec![b"chan".to_vec(), b"serve".to_vec()];
         spec.timeout = timeout;
-        spec.window = Some(far.into_guest_end()?);
+        if virtio {
+            spec.virtio = Some(icf::channel::virtio::VirtioChannel::new(Box::new(far))?);
+        } else {
+            spec.window = Some(far.into_guest_end()?);
+        }
         let kind = callee.to_owned();
         std::thread::Builder::new()
             .name("xic-callee".into())
@@ -309,10 +315,16 @@ pub fn measure_window_call(
         WINDOW_BATCH.to_string().into_bytes(),
     ];
     spec.timeout = timeout;
-    spec.window = Some(near.into_guest_end()?);
+    if virtio {
+        spec.virtio = Some(icf::channel::virtio::VirtioChannel::new(Box::new(near))?);
+    } else {
+        spec.window = Some(near.into_guest_end()?);
+    }
     let idle = footprint()?;
     let (io, stdout, stderr) = GuestIo::capture(Vec::new());
     let started = Instant::now();
+    // The caller's IC (and a device of it) goes before the callee is
+    // joined: its end closing is what ends the callee.
     let called = caller_factory
         .create(spec)
         .and_then(|mut ic| ic.run(io))
@@ -392,11 +404,11 @@ pub fn matrix(registry: &Registry) -> Vec<(String, MatrixRun)> {
                         icf::ComMechanism::HypercallRelay => {
                             Box::new(move |n| measure_ic_call(&caller, &callee, bytes, n))
                         }
-                        icf::ComMechanism::ShmRingPoll | icf::ComMechanism::ShmRingFutex => {
-                            Box::new(move |n| {
-                                measure_window_call(&caller, &callee, mechanism, bytes, n)
-                            })
-                        }
+                        icf::ComMechanism::ShmRingPoll
+                        | icf::ComMechanism::ShmRingFutex
+                        | icf::ComMechanism::Virtio => Box::new(move |n| {
+                            measure_window_call(&caller, &callee, mechanism, bytes, n)
+                        }),
                         // Host-only mechanisms (pipes, sockets) connect no
                         // ICs yet; `channel.*` measures them between threads.
                         _ => continue,

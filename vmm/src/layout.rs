@@ -94,6 +94,17 @@ pub fn write_window_info(mem: &GuestMemoryMmap, info: &WindowInfo) -> Result<(),
         })
 }
 
+/// Tells the guest which devices it has (`BootInfo.devices`).
+pub fn write_devices(mem: &GuestMemoryMmap, devices: u64) -> Result<(), LayoutError> {
+    let at = boot_field(offset_of!(BootInfo, devices));
+    mem.write_obj(devices, at)
+        .map_err(|source| LayoutError::Write {
+            what: "device list",
+            addr: at.0,
+            source,
+        })
+}
+
 /// Arguments and environment, encoded for the guest.
 struct ArgBlock {
     bytes: Vec<u8>,
@@ -225,6 +236,7 @@ impl GuestLayout {
             },
             hypercall: Default::default(),
             window: WindowInfo::default(),
+            devices: 0,
         };
         mem.write_obj(info, GuestAddress(layout::BOOT_INFO))
             .map_err(|source| LayoutError::Write {

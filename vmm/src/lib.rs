@@ -14,6 +14,7 @@
 //!   [`pool`]: warm instances of a snapshot, reset after every call.
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
+//! - [`mmio`]: a device on the guest's MMIO page (the virtio channel).
 //! - [`vm`]: a long-lived VM (booted once, run many times; the `vm` ICF).
 //! - [`pivot`]: an execution flow's state at a safe point, which every
 //!   kind of IC can continue (`mutate`).
@@ -34,6 +35,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod mmio;
 pub mod pivot;
 pub mod pool;
 pub mod reaper;

@@ -541,6 +541,7 @@ fn run_call(
         timeout: shared.config.timeout,
         stop_at_ready: false,
         on_resume: None,
+        device: None,
     };
     let attached = interrupter.attach(machine.immediate_exit_ptr());
     let result = run_loop(machine, &mut hypercalls, interrupter, &mut control);

@@ -104,6 +104,9 @@ pub struct RunConfig {
     /// Memory shared with a peer, mapped at `xos_abi::WINDOW` (the
     /// channel window). Not with `stop_at_ready` or snapshots.
     pub window: Option<SharedWindow>,
+    /// A device on the MMIO page at `xos_abi::VIRTIO_MMIO` (the virtio
+    /// channel). Not with snapshots.
+    pub device: Option<crate::mmio::Device>,
 }
 
 impl Default for RunConfig {
@@ -118,6 +121,7 @@ impl Default for RunConfig {
             stop_at_ready: false,
             seccomp: true,
             window: None,
+            device: None,
         }
     }
 }
@@ -157,6 +161,7 @@ pub(crate) struct LoopControl {
     pub(crate) timeout: Option<Duration>,
     pub(crate) stop_at_ready: bool,
     pub(crate) on_resume: Option<ResumeHook>,
+    pub(crate) device: Option<crate::mmio::Device>,
 }
 
 impl LoopControl {
@@ -165,6 +170,7 @@ impl LoopControl {
             timeout: config.timeout,
             stop_at_ready: config.stop_at_ready,
             on_resume: None,
+            device: config.device.clone(),
         }
     }
 }
@@ -172,7 +178,7 @@ impl LoopControl {
 impl PreparedRun {
     /// Creates the VM and writes everything into guest memory.
     pub fn new(program: &Program, config: &RunConfig, mut io: GuestIo) -> Result<Self, RunError> {
-        if config.window.is_some() {
+        if config.window.is_some() || config.device.is_some() {
             return Err(WindowError::Unsupported("be prepared ahead (use run_program)").into());
         }
         let mut machine = Machine::new(config.mem_size, Privilege::User)?;
@@ -208,7 +214,7 @@ impl PreparedRun {
         config: &RunConfig,
         mut io: GuestIo,
     ) -> Result<Self, RunError> {
-        if config.window.is_some() {
+        if config.window.is_some() || config.device.is_some() {
             return Err(WindowError::Unsupported("start from a snapshot").into());
         }
         let machine = snapshot.restore()?;
@@ -298,6 +304,26 @@ impl PreparedRun {
     }
 }
 
+/// Adds the run's window and device to freshly laid-out guest memory:
+/// page tables, `BootInfo` and, for the window, a memory region.
+pub(crate) fn attach_extras(
+    mem: GuestMemoryMmap,
+    config: &RunConfig,
+) -> Result<GuestMemoryMmap, RunError> {
+    if let Some(device) = &config.device {
+        arch::paging::write_virtio_page(&mem).map_err(MachineError::from)?;
+        crate::layout::write_devices(&mem, xos_abi::DEVICE_VIRTIO_CHANNEL)?;
+        device.0.activate(mem.clone());
+    }
+    Ok(match &config.window {
+        Some(w) => {
+            crate::layout::write_window_info(&mem, &w.info())?;
+            w.add_to_vm_memory(mem)?
+        }
+        None => mem,
+    })
+}
+
 /// Continues an execution flow stopped at a safe point (in any kind of
 /// IC) in a fresh VM: its memory and registers from `state`, the pending
 /// `SAFE_POINT` answering 1. Of `config`, the memory size and arguments
@@ -317,13 +343,7 @@ pub fn run_from_state(
     let mem = prepare_memory(mem_size)?;
     state.restore_into(&mem)?;
     let layout = GuestLayout::read(&mem, mem_size)?;
-    let mem = match &config.window {
-        Some(w) => {
-            crate::layout::write_window_info(&mem, &w.info())?;
-            w.add_to_vm_memory(mem)?
-        }
-        None => mem,
-    };
+    let mem = attach_extras(mem, config)?;
     let shell = VmShell::register(vm, mem, mem_size)?;
     let mut machine = Machine::assemble(shell, vcpu, Privilege::User);
     machine.set_user_registers(&state.regs);
@@ -426,7 +446,7 @@ pub fn run_program(
     install_handler()?;
     reaper::start();
     let mem_size = crate::memory::checked_size(config.mem_size).map_err(MachineError::from)?;
-    if config.window.is_some() && config.stop_at_ready {
+    if (config.window.is_some() || config.device.is_some()) && config.stop_at_ready {
         return Err(WindowError::Unsupported("stop at its ready point for a snapshot").into());
     }
     let window = config.window.clone();
@@ -478,14 +498,7 @@ pub fn run_program(
         .map_err(RunError::from)
         .and_then(|mem| {
             let layout = GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)?;
-            let mem = match &config.window {
-                Some(w) => {
-                    crate::layout::write_window_info(&mem, &w.info())?;
-                    w.add_to_vm_memory(mem)?
-                }
-                None => mem,
-            };
-            Ok((mem, layout))
+            Ok((attach_extras(mem, config)?, layout))
         });
     match prepared {
         Ok((mem, layout)) => {
@@ -530,11 +543,23 @@ pub(crate) fn run_loop(
             }
             Ok(VcpuExit::IoOut(port, _)) => Step::Fault(Fault::BadPort { port, write: true }),
             Ok(VcpuExit::IoIn(port, _)) => Step::Fault(Fault::BadPort { port, write: false }),
-            Ok(VcpuExit::MmioRead(addr, _)) => {
-                Step::Fault(Fault::UnmappedAccess { addr, write: false })
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                match (&options.device, crate::mmio::offset_in_page(addr)) {
+                    (Some(device), Some(offset)) => {
+                        device.0.read(offset, data);
+                        Step::Continue
+                    }
+                    _ => Step::Fault(Fault::UnmappedAccess { addr, write: false }),
+                }
             }
-            Ok(VcpuExit::MmioWrite(addr, _)) => {
-                Step::Fault(Fault::UnmappedAccess { addr, write: true })
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                match (&options.device, crate::mmio::offset_in_page(addr)) {
+                    (Some(device), Some(offset)) => {
+                        device.0.write(offset, data);
+                        Step::Continue
+                    }
+                    _ => Step::Fault(Fault::UnmappedAccess { addr, write: true }),
+                }
             }
             Ok(VcpuExit::Shutdown) => Step::Fault(Fault::TripleFault),
             Ok(VcpuExit::InternalError) => Step::InternalError,

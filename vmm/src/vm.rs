@@ -106,13 +106,7 @@ fn boot(source: &BootSource<'_>, config: &RunConfig) -> Result<(Machine, GuestLa
             GuestLayout::read(&mem, mem_size)?
         }
     };
-    let mem = match &config.window {
-        Some(w) => {
-            crate::layout::write_window_info(&mem, &w.info())?;
-            w.add_to_vm_memory(mem)?
-        }
-        None => mem,
-    };
+    let mem = crate::runner::attach_extras(mem, config)?;
     let shell = VmShell::register(vm, mem, mem_size)?;
     let mut machine = Machine::assemble(shell, vcpu, Privilege::User);
     match source {
@@ -137,6 +131,7 @@ impl LongLivedVm {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let seccomp = config.seccomp;
         let window = config.window.clone();
+        let device = config.device.clone();
         let thread = std::thread::Builder::new()
             .name("xos-vm".into())
             .spawn(move || {
@@ -148,7 +143,7 @@ impl LongLivedVm {
                     }
                 }
                 let _ = ready_tx.send(Ok(()));
-                serve(machine, layout, window, runs_rx);
+                serve(machine, layout, window, device, runs_rx);
             })
             .map_err(RunError::Spawn)?;
         ready_rx.recv().map_err(|_| RunError::VcpuThreadLost)??;
@@ -201,6 +196,7 @@ fn serve(
     mut machine: Machine,
     layout: GuestLayout,
     window: Option<crate::window::SharedWindow>,
+    device: Option<crate::mmio::Device>,
     runs: mpsc::Receiver<Run>,
 ) {
     let mut ended: Option<String> = None;
@@ -225,6 +221,7 @@ fn serve(
             timeout: run.config.timeout,
             stop_at_ready: run.config.stop_at_ready,
             on_resume: None,
+            device: device.clone(),
         };
         let attached = run.interrupter.attach(machine.immediate_exit_ptr());
         let start = Instant::now();

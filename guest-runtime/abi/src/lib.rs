@@ -36,6 +36,14 @@ pub const FAULT_PORT: u16 = 0x0511;
 /// described by [`BootInfo::window`]. It lies above the largest guest
 /// memory and the doorbell, and is never a valid hypercall pointer.
 pub const WINDOW: u64 = 0x5_0000_0000;
+/// The register page of the IC's virtio channel device, when it has one
+/// ([`BootInfo::devices`] & [`DEVICE_VIRTIO_CHANNEL`]): a virtio-mmio
+/// (version 2) device whose two queues carry messages. Every register
+/// access exits to the monitor.
+pub const VIRTIO_MMIO: u64 = 0x6_0000_0000;
+/// [`BootInfo::devices`]: a virtio channel device is at [`VIRTIO_MMIO`].
+pub const DEVICE_VIRTIO_CHANNEL: u64 = 1;
+
 /// Largest channel window (the monitor maps it with one page table).
 pub const MAX_WINDOW_SIZE: u64 = 2 << 20;
 /// [`WindowInfo::flags`]: the peer may sleep, so a waiting guest should
@@ -238,6 +246,8 @@ pub struct BootInfo {
     pub hypercall: Hypercall,
     /// The channel window (all zero when the IC has none).
     pub window: WindowInfo,
+    /// Devices the IC has ([`DEVICE_VIRTIO_CHANNEL`]), 0 for none.
+    pub devices: u64,
 }
 
 /// Where an IC's channel window is and how to use it (see [`WINDOW`]).
@@ -309,6 +319,8 @@ pub mod offsets {
     pub const HYPERCALL: usize = offset_of!(BootInfo, hypercall);
     /// Offset of `window`.
     pub const WINDOW: usize = offset_of!(BootInfo, window);
+    /// Offset of `devices`.
+    pub const DEVICES: usize = offset_of!(BootInfo, devices);
     /// Size of the whole struct.
     pub const SIZE: usize = core::mem::size_of::<BootInfo>();
 }

@@ -20,6 +20,7 @@
 
 pub mod ring;
 pub mod stream;
+pub mod virtio;
 
 use std::time::Duration;
 

@@ -351,6 +351,13 @@ impl RingChannel {
                 let now = Instant::now();
                 may_sleep = self.notify == Notify::Futex && now - start >= SPIN_BEFORE_SLEEP;
                 if deadline.is_some_and(|d| now >= d) {
+                    // A peer that closed its end is reported as such even
+                    // to a caller polling with a zero timeout.
+                    if self.word(OFF_CLOSED[1 - self.side])?.load(Ordering::SeqCst) != 0
+                        && !ready(word.load(Ordering::SeqCst))
+                    {
+                        return Err(self.gone(op));
+                    }
                     return Err(ChannelError::Timeout {
                         mechanism: self.name(),
                         timeout: self.timeout.unwrap_or_default(),

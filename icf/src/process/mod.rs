@@ -97,6 +97,7 @@ impl IsolationContextFactory for ProcessFactory {
 
 impl ProcessFactory {
     fn new_ic(&self, spec: IcSpec) -> Result<ProcessIc, IcfError> {
+        spec.check_no_virtio(NAME)?;
         let Some(helper) = self.helper.clone() else {
             return Err(IcfError::Unavailable {
                 icf: NAME,

@@ -42,6 +42,8 @@ pub mod system {
     pub const PD_WINDOW: u64 = PD_DOORBELL + 0x1000;
     /// Page table of the channel window (4 KiB pages, up to 2 MiB).
     pub const PT_WINDOW: u64 = PD_WINDOW + 0x1000;
+    /// Page directory mapping the virtio device page (`xos_abi::VIRTIO_MMIO`).
+    pub const PD_VIRTIO: u64 = PT_WINDOW + 0x1000;
     /// Top of the CPL0 stack used while an exception stub runs.
     pub const EXCEPTION_STACK_TOP: u64 = 0x2_0000;
 }

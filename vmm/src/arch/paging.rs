@@ -124,6 +124,18 @@ pub fn write_window(mem: &GuestMemoryMmap, size: u64) -> Result<(), ArchError> {
     write_table(mem, system::PT_WINDOW, &pt)
 }
 
+/// Maps the virtio device page: the 2 MiB large page at
+/// `xos_abi::VIRTIO_MMIO` for user access, no memory behind it, so every
+/// access there exits as MMIO (like the doorbell).
+pub fn write_virtio_page(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
+    let pdpt_entry = system::PDPT + (xos_abi::VIRTIO_MMIO / GIB) * 8;
+    write_bytes(mem, pdpt_entry, &(system::PD_VIRTIO | TABLE).to_le_bytes())?;
+    let mut pd = [0u64; 512];
+    pd[((xos_abi::VIRTIO_MMIO % GIB) / LARGE_PAGE) as usize] =
+        xos_abi::VIRTIO_MMIO | PRESENT | WRITABLE | USER | LARGE;
+    write_table(mem, system::PD_VIRTIO, &pd)
+}
+
 fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: &[u64; 512]) -> Result<(), ArchError> {
     let mut bytes = [0u8; 4096];
     for (chunk, e) in bytes.chunks_exact_mut(8).zip(entries) {

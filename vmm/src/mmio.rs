@@ -1,0 +1,38 @@
+//! A device on the guest's MMIO page at `xos_abi::VIRTIO_MMIO`: the
+//! monitor forwards the guest's register reads and writes there to it.
+//!
+//! The page is mapped for user access with no memory behind it, like the
+//! doorbell, so every access exits to the monitor (`KVM_EXIT_MMIO`); the
+//! device sees the offset in the page and the bytes. Only VM ICs (virtines
+//! and VMs) have such a device: it is how a guest drives a virtio device.
+
+use std::sync::Arc;
+use vm_memory::GuestMemoryMmap;
+use xos_abi::layout::PAGE_SIZE;
+
+/// A device the guest reaches through its MMIO page.
+pub trait MmioDevice: Send + Sync {
+    /// The guest's memory, before the guest first runs: the device reads
+    /// and writes its queues there (through vm-memory, bounds-checked).
+    fn activate(&self, mem: GuestMemoryMmap);
+    /// A read of `data.len()` bytes at `offset` in the page; fill `data`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// A write of `data` at `offset` in the page.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+/// A shared device handle, as a run configuration holds it.
+#[derive(Clone)]
+pub struct Device(pub Arc<dyn MmioDevice>);
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Device")
+    }
+}
+
+/// The offset of `addr` in the device page, if it is in it.
+pub fn offset_in_page(addr: u64) -> Option<u64> {
+    addr.checked_sub(xos_abi::VIRTIO_MMIO)
+        .filter(|&o| o < PAGE_SIZE)
+}
