@@ -107,8 +107,10 @@ impl Registry {
         }
         // The virtio channel device: VM ICs only, served by a device
         // thread of the monitor. Two devices bridged by a ring (VM to VM)
-        // are not offered yet: that path lost a message in a few thousand
-        // calls in testing (docs/BENCHMARKS.md).
+        // are not offered: with two spinning vCPUs and two polling device
+        // threads on this 2-CPU machine a call took ~7 ms (the device
+        // threads run only at time-slice ends); they need blocking waits
+        // first (docs/BENCHMARKS.md).
         for vm in ["virtine", "vm"] {
             r.register_com(vm, "host", ComMechanism::Virtio);
         }
