@@ -1,6 +1,7 @@
 /* counter N: an execution flow that keeps a count while its peer talks to
  * it through the channel window, and offers a safe point after every
  * message, where the monitor may carry it into another kind of IC (mutate).
+ * With N = 0 it counts until the peer closes the channel.
  *
  * For each of N requests it replies with 16 bytes: the number of requests
  * answered so far including this one, and how many times it has moved to a
@@ -29,8 +30,10 @@ int main(int argc, char **argv)
     }
     unsigned long long count = 0;
     unsigned char request[64];
-    while (count < n) {
+    while (n == 0 || count < n) {
         long r = xos_chan_recv(request, sizeof request);
+        if (r == XOS_EPIPE && n == 0)
+            break; /* the peer is done */
         if (r < 0) {
             fprintf(stderr, "counter: receive failed (%ld) after %llu\n", r,
                     count);

@@ -27,9 +27,9 @@ pub const KINDS: [&str; 4] = ["virtine", "vm", "process", "thread"];
 
 /// Messages at least between a move and the next request.
 const SPACING: u64 = 4;
-/// Messages budgeted per move: a request reaches a process IC as a signal,
-/// so the EF may answer a few more messages before it stops.
-const PER_MOVE: u64 = 400;
+/// Most messages a move may take: a request reaches a process IC as a
+/// signal, so the EF may answer some more messages before it stops.
+const MAX_LAG: u64 = 1_000_000;
 
 /// `samples` moves of the counter EF from `from` to `to`.
 pub fn measure_mutate(from: &str, to: &str, samples: usize) -> anyhow::Result<Vec<u64>> {
@@ -38,10 +38,12 @@ pub fn measure_mutate(from: &str, to: &str, samples: usize) -> anyhow::Result<Ve
         .with_context(|| format!("cannot parse {COUNTER_IMAGE}"))?;
     // There and back for every sample.
     let legs = 2 * samples;
-    let messages = (legs as u64 + 1) * PER_MOVE;
+    let messages = (legs as u64 + 1) * MAX_LAG;
     let (mut peer, end) = RingChannel::pair(4096, Notify::Poll)?;
     let mut spec = IcSpec::new(program);
-    spec.args = vec![b"counter".to_vec(), messages.to_string().into_bytes()];
+    // Counting until the peer closes: the peer stops once every move is
+    // done.
+    spec.args = vec![b"counter".to_vec(), b"0".to_vec()];
     spec.timeout = Some(Duration::from_secs(60));
     spec.window = Some(end.into_guest_end()?);
     let mut ic: Box<dyn IsolationContext> = registry
@@ -58,7 +60,7 @@ pub fn measure_mutate(from: &str, to: &str, samples: usize) -> anyhow::Result<Ve
     let talker = std::thread::Builder::new()
         .name("mutate-peer".into())
         .spawn(move || -> anyhow::Result<Vec<(Instant, u64)>> {
-            let mut replies = Vec::with_capacity(messages as usize);
+            let mut replies = Vec::with_capacity(legs * 64);
             let (mut requested, mut moved, mut last_move) = (0usize, 0u64, 0u64);
             let mut reply = Vec::new();
             for i in 1..=messages {
@@ -85,8 +87,12 @@ pub fn measure_mutate(from: &str, to: &str, samples: usize) -> anyhow::Result<Ve
                     moved = now_moved;
                 }
                 replies.push((Instant::now(), moved));
+                if moved == legs as u64 && i >= last_move + SPACING {
+                    // Every move is done: closing ends the EF.
+                    return Ok(replies);
+                }
             }
-            Ok(replies)
+            anyhow::bail!("not every move happened within {messages} messages")
         })
         .context("cannot start the peer thread")?;
 
@@ -107,7 +113,7 @@ pub fn measure_mutate(from: &str, to: &str, samples: usize) -> anyhow::Result<Ve
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned leg lock"))? = (k, ic.interrupter());
     }
-    // The last leg answers the rest of the messages.
+    // The last leg answers until the peer closes.
     let (io, _out, err) = GuestIo::capture(Vec::new());
     let outcome = ic.run(io).context("mutate: last run")?;
     ensure!(
