@@ -163,3 +163,29 @@ fn a_host_thread_calls_vm_ics_serving_through_the_device() {
         assert_eq!(served.exit, GuestExit::Exited(0), "{kind}: {err}");
     }
 }
+
+#[test]
+fn two_vms_call_each_other_through_two_devices() {
+    if !kvm_available() {
+        return;
+    }
+    for (caller, callee) in [("vm", "vm"), ("virtine", "virtine"), ("virtine", "vm")] {
+        let (a, b) = RingChannel::pair(64 << 10, Notify::Futex).unwrap();
+        let serving = VirtioChannel::new(Box::new(b)).unwrap();
+        let server = std::thread::spawn(move || {
+            run(callee, spec("chan-c", &["chan", "serve"], Some(serving)))
+        });
+        let calling = VirtioChannel::new(Box::new(a)).unwrap();
+        let t = Instant::now();
+        let (outcome, _, err) = run(
+            caller,
+            spec("chan-c", &["chan", "call", "1000", "4096"], Some(calling)),
+        );
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+        assert_eq!(outcome.exit, GuestExit::Exited(0), "{caller}: {err}");
+        // The caller's IC (and its device) is gone: the server sees EPIPE
+        // and ends.
+        let (served, _, err) = server.join().unwrap();
+        assert_eq!(served.exit, GuestExit::Exited(0), "{callee}: {err}");
+    }
+}

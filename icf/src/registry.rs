@@ -106,13 +106,16 @@ impl Registry {
             r.register_com(a, b, ComMechanism::ShmRingFutex);
         }
         // The virtio channel device: VM ICs only, served by a device
-        // thread of the monitor. Two devices bridged by a ring (VM to VM)
-        // are not offered: with two spinning vCPUs and two polling device
-        // threads on this 2-CPU machine a call took ~7 ms (the device
-        // threads run only at time-slice ends); they need blocking waits
-        // first (docs/BENCHMARKS.md).
-        for vm in ["virtine", "vm"] {
-            r.register_com(vm, "host", ComMechanism::Virtio);
+        // thread of the monitor; between two VM ICs, two devices bridged
+        // by a ring.
+        for (a, b) in [
+            ("virtine", "virtine"),
+            ("virtine", "vm"),
+            ("vm", "vm"),
+            ("virtine", "host"),
+            ("vm", "host"),
+        ] {
+            r.register_com(a, b, ComMechanism::Virtio);
         }
         r
     }

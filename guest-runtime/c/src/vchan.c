@@ -36,6 +36,7 @@
 #define R_QUEUE_DEVICE_LOW 0x0a0
 #define R_QUEUE_DEVICE_HIGH 0x0a4
 #define R_PEER_GONE 0x100
+#define R_WAIT 0x108
 
 #define S_ACKNOWLEDGE 1u
 #define S_DRIVER 2u
@@ -46,8 +47,9 @@
 #define F_WRITE 2u
 #define USED_F_NO_NOTIFY 1u
 
-/* Spins between looks at the device's config (one exit each). */
-#define ASK_EVERY (1u << 16)
+/* Spins before the driver sleeps in the monitor (a WAIT read, one exit):
+ * a spinning vCPU would take the CPU the device thread and the peer need. */
+#define SPIN_BEFORE_WAIT (1u << 11)
 
 struct desc {
     uint64_t addr;
@@ -169,14 +171,26 @@ static long wait_used(struct vq *q)
 {
     uint32_t spins = 0;
     while (load16(&q->used.idx) == q->last_used) {
-        if (++spins % ASK_EVERY == 0) {
-            if (rd(R_STATUS) & S_NEEDS_RESET)
-                return XOS_EIO;
-            if (q == &rxq && rd(R_PEER_GONE) &&
-                load16(&q->used.idx) == q->last_used)
-                return XOS_EPIPE;
+        if (++spins < SPIN_BEFORE_WAIT) {
+            __builtin_ia32_pause();
+            continue;
         }
-        __builtin_ia32_pause();
+        spins = 0;
+        /* Tell the device what we have seen of this queue (and that the
+         * other one is of no interest now), then sleep in the monitor
+         * until it uses more (or 1 ms passes). */
+        struct vq *other = q == &rxq ? &txq : &rxq;
+        q->avail.used_event = q->last_used;
+        other->avail.used_event = load16(&other->used.idx);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        (void)rd(R_WAIT);
+        if (load16(&q->used.idx) != q->last_used)
+            break;
+        if (rd(R_STATUS) & S_NEEDS_RESET)
+            return XOS_EIO;
+        if (q == &rxq && rd(R_PEER_GONE) &&
+            load16(&q->used.idx) == q->last_used)
+            return XOS_EPIPE;
     }
     return 0;
 }

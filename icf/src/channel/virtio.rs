@@ -44,6 +44,8 @@ pub const QUEUE_MAX: u16 = 256;
 pub const MAX_MESSAGE: u32 = 16 << 20;
 /// Used length of a receive chain whose message did not fit (dropped).
 pub const TOO_LARGE: u32 = u32::MAX;
+/// Longest wait of one read of the `WAIT` config register.
+pub const MAX_GUEST_WAIT: Duration = Duration::from_millis(1);
 /// How long the device thread polls without traffic before it sleeps.
 pub const SPIN: Duration = Duration::from_micros(250);
 /// Longest sleep of the device thread.
@@ -81,6 +83,8 @@ mod reg {
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG_PEER_GONE: u64 = 0x100;
     pub const CONFIG_MAX_MESSAGE: u64 = 0x104;
+    /// Config space: reading it waits (see [`super::Shared::wait_for_used`]).
+    pub const CONFIG_WAIT: u64 = 0x108;
 }
 
 /// The driver-visible register state.
@@ -129,6 +133,10 @@ struct Shared {
     worker: Mutex<Option<std::thread::Thread>>,
     peer_gone: AtomicBool,
     needs_reset: AtomicBool,
+    /// Bumped and signalled whenever the device puts entries in a used
+    /// ring: a guest waiting in a `WAIT` read wakes up.
+    used: Mutex<u64>,
+    used_changed: Condvar,
 }
 
 /// The queues and memory of one driver session.
@@ -172,6 +180,8 @@ impl VirtioChannel {
             worker: Mutex::new(None),
             peer_gone: AtomicBool::new(false),
             needs_reset: AtomicBool::new(false),
+            used: Mutex::new(0),
+            used_changed: Condvar::new(),
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -297,6 +307,64 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Tells a guest waiting in a `WAIT` read that a used ring moved.
+    fn used_moved(&self) {
+        *lock(&self.used) += 1;
+        self.used_changed.notify_all();
+    }
+
+    /// A `WAIT` read: the guest has nothing to do until the device uses
+    /// more of its buffers. It set each queue's `used_event` (in its avail
+    /// ring) to the used index it has seen; sleep until either used index
+    /// differs from it, the host end is gone, or [`MAX_GUEST_WAIT`] passes,
+    /// so a waiting guest gives its CPU to the device thread and the peer
+    /// instead of spinning. Runs on the vCPU thread (futex waits only).
+    fn wait_for_used(&self) {
+        let deadline = Instant::now() + MAX_GUEST_WAIT;
+        let Some(mem) = lock(&self.mem).clone() else {
+            return;
+        };
+        let rings: Vec<(u64, u64)> = {
+            let regs = lock(&self.regs);
+            regs.queues
+                .iter()
+                .map(|q| (q.avail_ring(), q.used_ring()))
+                .collect()
+        };
+        let size = u64::from(lock(&self.regs).queues[0].size());
+        let mem_size = u64::from(self.mem_size.load(Ordering::SeqCst)) << 12;
+        // Each queue: used_event at avail + 4 + 2 * size, used idx at
+        // used + 2; only read where the guest may read itself.
+        let pending = || {
+            rings.iter().any(|&(avail, used)| {
+                let event = avail + 4 + 2 * size;
+                if !user_range(event, 2, mem_size) || !user_range(used + 2, 2, mem_size) {
+                    return true;
+                }
+                let seen: u16 = mem.read_obj(vm_memory::GuestAddress(event)).unwrap_or(0);
+                let now: u16 = mem.read_obj(vm_memory::GuestAddress(used + 2)).unwrap_or(1);
+                seen != now
+            })
+        };
+        let mut generation = lock(&self.used);
+        while !pending()
+            && !self.peer_gone.load(Ordering::SeqCst)
+            && !self.needs_reset.load(Ordering::SeqCst)
+            && !vmm::interrupt::stop_requested()
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let seen = *generation;
+            let (g, _) = self
+                .used_changed
+                .wait_timeout_while(generation, deadline - now, |g| *g == seen)
+                .unwrap_or_else(|p| p.into_inner());
+            generation = g;
+        }
+    }
+
     /// The driver broke the rules: the device stops serving it.
     fn fail(&self) {
         self.needs_reset.store(true, Ordering::SeqCst);
@@ -343,6 +411,11 @@ impl Shared {
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) {
+        if offset == reg::CONFIG_WAIT {
+            self.wait_for_used();
+            data.fill(0);
+            return;
+        }
         let regs = lock(&self.regs);
         let value: u32 = match offset {
             reg::MAGIC => MAGIC,
@@ -546,6 +619,7 @@ impl DeviceThread<'_> {
                     .map_err(|_| ())?;
             }
             self.tx.add_used(&self.mem, head, 0).map_err(|_| ())?;
+            self.shared.used_moved();
             if !self.shared.peer_gone.load(Ordering::SeqCst) {
                 if let Err(e) = self.channel.send(message) {
                     self.note(e);
@@ -605,10 +679,13 @@ impl DeviceThread<'_> {
             }
             message.len() as u32
         };
-        self.rx.add_used(&self.mem, head, used).map_err(|_| ())
+        self.rx.add_used(&self.mem, head, used).map_err(|_| ())?;
+        self.shared.used_moved();
+        Ok(())
     }
 
     fn note(&self, e: ChannelError) {
+        self.shared.used_moved();
         tracing::debug!("virtio channel: host endpoint: {e}");
         if !matches!(
             e,
