@@ -132,6 +132,21 @@ impl EfState {
                     source,
                 })?;
         }
+        // The new IC says itself which window and devices it has.
+        let clear = |offset: usize, len: usize| {
+            let at = crate::layout::boot_field(offset);
+            mem.write_slice(&vec![0u8; len], at)
+                .map_err(|source| PivotError::Memory {
+                    what: "write",
+                    addr: at.0,
+                    source,
+                })
+        };
+        clear(
+            xos_abi::offsets::WINDOW,
+            core::mem::size_of::<xos_abi::WindowInfo>(),
+        )?;
+        clear(xos_abi::offsets::DEVICES, 8)?;
         let ret = GuestAddress(crate::layout::boot_field(crate::layout::HYPERCALL_RET_OFFSET).0);
         mem.write_obj(1i64, ret)
             .map_err(|source| PivotError::Memory {
@@ -208,6 +223,12 @@ impl EfState {
                 )));
             }
             regions.push((addr, r.take(len as usize)?.to_vec()));
+        }
+        if r.at != bytes.len() {
+            return Err(PivotError::Invalid(format!(
+                "{} bytes after the last region",
+                bytes.len() - r.at
+            )));
         }
         let state = EfState {
             mem_size,

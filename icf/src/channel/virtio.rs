@@ -270,6 +270,14 @@ impl Shared {
     /// Hands the driver's queues to the device thread once it is done
     /// setting up.
     fn start(&self) {
+        // One session at a time, and none after a failure until a reset.
+        if self.busy.load(Ordering::SeqCst)
+            || self.needs_reset.load(Ordering::SeqCst)
+            || lock(&self.job).is_some()
+        {
+            self.fail();
+            return;
+        }
         // The device thread works on copies; the registers keep theirs.
         let queues = {
             let regs = lock(&self.regs);
@@ -324,25 +332,28 @@ impl Shared {
         let Some(mem) = lock(&self.mem).clone() else {
             return;
         };
-        let rings: Vec<(u64, u64)> = {
+        let rings: Vec<(u64, u64, u64)> = {
             let regs = lock(&self.regs);
             regs.queues
                 .iter()
-                .map(|q| (q.avail_ring(), q.used_ring()))
+                .map(|q| (q.avail_ring(), q.used_ring(), u64::from(q.size())))
                 .collect()
         };
-        let size = u64::from(lock(&self.regs).queues[0].size());
         let mem_size = u64::from(self.mem_size.load(Ordering::SeqCst)) << 12;
         // Each queue: used_event at avail + 4 + 2 * size, used idx at
         // used + 2; only read where the guest may read itself.
         let pending = || {
-            rings.iter().any(|&(avail, used)| {
-                let event = avail + 4 + 2 * size;
-                if !user_range(event, 2, mem_size) || !user_range(used + 2, 2, mem_size) {
+            rings.iter().any(|&(avail, used, size)| {
+                let (Some(event), Some(idx)) =
+                    (avail.checked_add(4 + 2 * size), used.checked_add(2))
+                else {
+                    return true;
+                };
+                if !user_range(event, 2, mem_size) || !user_range(idx, 2, mem_size) {
                     return true;
                 }
                 let seen: u16 = mem.read_obj(vm_memory::GuestAddress(event)).unwrap_or(0);
-                let now: u16 = mem.read_obj(vm_memory::GuestAddress(used + 2)).unwrap_or(1);
+                let now: u16 = mem.read_obj(vm_memory::GuestAddress(idx)).unwrap_or(1);
                 seen != now
             })
         };
@@ -512,6 +523,7 @@ impl Shared {
                     drop(regs);
                     self.stop_thread();
                     *lock(&self.regs) = Registers::new();
+                    self.needs_reset.store(false, Ordering::SeqCst);
                     return false;
                 }
                 let was_ok = regs.status & STATUS_DRIVER_OK != 0;
@@ -603,6 +615,7 @@ impl DeviceThread<'_> {
         let mut moved = false;
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
+            self.refuse_indirect(&self.tx, head)?;
             message.clear();
             for desc in chain {
                 let len = u64::from(desc.len());
@@ -654,6 +667,7 @@ impl DeviceThread<'_> {
     fn deliver(&mut self, message: &[u8]) -> Result<(), ()> {
         let chain = self.rx.pop_descriptor_chain(&self.mem).ok_or(())?;
         let head = chain.head_index();
+        self.refuse_indirect(&self.rx, head)?;
         let mut descs = Vec::new();
         let mut room = 0u64;
         for desc in chain {
@@ -681,6 +695,25 @@ impl DeviceThread<'_> {
         };
         self.rx.add_used(&self.mem, head, used).map_err(|_| ())?;
         self.shared.used_moved();
+        Ok(())
+    }
+
+    /// `Err` when descriptor `head` of `queue` points to an indirect table:
+    /// the device does not offer `VIRTIO_F_INDIRECT_DESC`, and following
+    /// one would read a table the guest may have placed anywhere.
+    fn refuse_indirect(&self, queue: &Queue, head: u16) -> Result<(), ()> {
+        const VRING_DESC_F_INDIRECT: u16 = 4;
+        let at = queue
+            .desc_table()
+            .checked_add(16 * u64::from(head) + 12)
+            .ok_or(())?;
+        let flags: u16 = self
+            .mem
+            .read_obj(vm_memory::GuestAddress(at))
+            .map_err(|_| ())?;
+        if flags & VRING_DESC_F_INDIRECT != 0 {
+            return Err(());
+        }
         Ok(())
     }
 
