@@ -19,6 +19,9 @@ pub trait MmioDevice: Send + Sync {
     fn read(&self, offset: u64, data: &mut [u8]);
     /// A write of `data` at `offset` in the page.
     fn write(&self, offset: u64, data: &[u8]);
+    /// The guest is gone (its VM is being torn down): stop using its
+    /// memory until the next `activate`.
+    fn deactivate(&self) {}
 }
 
 /// A shared device handle, as a run configuration holds it.

@@ -251,6 +251,10 @@ impl PreparedRun {
         );
         let guest_time = start.elapsed();
         drop(attached);
+        // A virtine's VM ends with its run: its device lets go of it.
+        if let Some(device) = &self.options.device {
+            device.0.deactivate();
+        }
         let outcome = result.and_then(|(exit, exits)| {
             let snapshot = if exit == GuestExit::Ready {
                 // The doorbell write is complete only once KVM_RUN is

@@ -265,5 +265,8 @@ fn serve(
         }
         let _ = run.reply.send(outcome);
     }
+    if let Some(device) = &device {
+        device.0.deactivate();
+    }
     crate::reaper::dispose(machine);
 }

@@ -405,6 +405,11 @@ impl vmm::mmio::MmioDevice for Handle {
             self.0.start();
         }
     }
+
+    fn deactivate(&self) {
+        self.0.stop_thread();
+        *lock(&self.0.mem) = None;
+    }
 }
 
 impl Shared {
