@@ -306,22 +306,37 @@ impl ProcessIc {
         cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
         let (image_fd, status_fd) = (image.as_raw_fd(), status_write.as_raw_fd());
         let pivot_fd = pivot.as_raw_fd();
-        // SAFETY: only fcntl and dup2 between fork and exec (both
-        // async-signal-safe). They place the image and status fds at 3 and
-        // 4 without close-on-exec, while the originals keep it so no other
-        // child inherits them. Going through fds >= 10 first avoids the
-        // two traps of dup2: onto itself (a no-op that keeps close-on-exec)
-        // and onto the other fd's number.
+        // SAFETY: only fcntl, dup2 and sigprocmask between fork and exec
+        // (all async-signal-safe). They place the image, status, pivot and
+        // window fds at 3..6 without close-on-exec, while the originals
+        // keep it so no other child inherits them. Going through fds >= 10
+        // first avoids the two traps of dup2: onto itself (a no-op that
+        // keeps close-on-exec) and onto another source's number.
         unsafe {
             cmd.pre_exec(move || {
-                let image = libc::fcntl(image_fd, libc::F_DUPFD, 10);
-                let status = libc::fcntl(status_fd, libc::F_DUPFD, 10);
-                if image < 0
-                    || status < 0
-                    || libc::dup2(image, child::IMAGE_FD) < 0
-                    || libc::dup2(status, child::STATUS_FD) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
+                // First every source above 10, then each onto its number:
+                // a source whose number is a target (3..6) must not be
+                // overwritten before it is copied.
+                let sources = [Some(image_fd), Some(status_fd), Some(pivot_fd), window_fd];
+                let targets = [
+                    child::IMAGE_FD,
+                    child::STATUS_FD,
+                    child::PIVOT_FD,
+                    child::WINDOW_FD,
+                ];
+                let mut high = [-1; 4];
+                for (h, source) in high.iter_mut().zip(sources) {
+                    if let Some(fd) = source {
+                        *h = libc::fcntl(fd, libc::F_DUPFD, 10);
+                        if *h < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                }
+                for (h, target) in high.into_iter().zip(targets) {
+                    if h >= 0 && libc::dup2(h, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 // Safe-point requests stay pending until the child has its
                 // handler (a blocked mask survives exec).
@@ -329,16 +344,6 @@ impl ProcessIc {
                 libc::sigemptyset(&mut block);
                 libc::sigaddset(&mut block, child::SAFE_POINT_SIGNAL);
                 libc::sigprocmask(libc::SIG_BLOCK, &block, std::ptr::null_mut());
-                let high = libc::fcntl(pivot_fd, libc::F_DUPFD, 10);
-                if high < 0 || libc::dup2(high, child::PIVOT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(fd) = window_fd {
-                    let high = libc::fcntl(fd, libc::F_DUPFD, 10);
-                    if high < 0 || libc::dup2(high, child::WINDOW_FD) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
                 Ok(())
             });
         }
