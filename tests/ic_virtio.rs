@@ -121,6 +121,23 @@ fn a_driver_pointing_the_device_at_the_page_tables_is_refused() {
 }
 
 #[test]
+fn an_avail_index_a_queue_ahead_fails_the_device() {
+    if !kvm_available() {
+        return;
+    }
+    let (_host_end, device_end) = RingChannel::pair(64 << 10, Notify::Poll).unwrap();
+    let device = VirtioChannel::new(Box::new(device_end)).unwrap();
+    let (outcome, out, err) = run(
+        "vm",
+        spec("faults-c", &["faults", "virtio-ahead"], Some(device)),
+    );
+    // Before the fix the device stalled silently: status stayed 0xf.
+    assert_eq!(outcome.exit, GuestExit::Exited(0), "{err}");
+    let status = u32::from_str_radix(out.trim().trim_start_matches("status="), 16).unwrap();
+    assert_ne!(status & 0x40, 0, "{out}");
+}
+
+#[test]
 fn only_vm_ics_take_a_device() {
     let registry = Registry::with_process_helper(Some(xos_vmm::icf::process::Helper {
         program: env!("CARGO_BIN_EXE_xos-vmm").into(),

@@ -20,6 +20,10 @@
  *                      tables are) and offers a receive buffer there, then
  *                      prints "status=<hex>" (the device must refuse:
  *                      0x40, DEVICE_NEEDS_RESET, set)
+ *   virtio-ahead       sets up the device properly, then moves the send
+ *                      queue's avail index 100 entries ahead of an
+ *                      8-entry queue and prints "status=<hex>" once the
+ *                      device reports DEVICE_NEEDS_RESET (or after ~2 s)
  *
  * A fault mode that does not fault prints "faults: MODE did not fault" to
  * stderr and exits 3. Bad usage exits 2. */
@@ -117,6 +121,41 @@ int main(int argc, char **argv)
         }
         r[0x70 / 4] = 0xf; /* DRIVER_OK */
         printf("status=%x\n", r[0x70 / 4]);
+        return 0;
+    } else if (!strcmp(m, "virtio-ahead")) {
+        /* Queue memory in ordinary user memory: only the index is wrong. */
+        static struct {
+            uint8_t desc[8 * 16] __attribute__((aligned(16)));
+            uint16_t avail[2 + 8 + 1] __attribute__((aligned(2)));
+            uint8_t used[4 + 8 * 8 + 2] __attribute__((aligned(4)));
+        } q[2];
+        volatile uint32_t *r = (volatile uint32_t *)(uintptr_t)XOS_VIRTIO_MMIO;
+        if (!(xos_boot_info()->devices & XOS_DEVICE_VIRTIO_CHANNEL))
+            return usage();
+        r[0x70 / 4] = 0;
+        r[0x70 / 4] = 3;
+        r[0x24 / 4] = 1;
+        r[0x20 / 4] = 1; /* VIRTIO_F_VERSION_1 */
+        r[0x70 / 4] = 0xb;
+        for (uint32_t i = 0; i < 2; i++) {
+            r[0x30 / 4] = i;
+            r[0x38 / 4] = 8;
+            r[0x80 / 4] = (uint32_t)(uintptr_t)q[i].desc;
+            r[0x84 / 4] = (uint32_t)((uintptr_t)q[i].desc >> 32);
+            r[0x90 / 4] = (uint32_t)(uintptr_t)q[i].avail;
+            r[0x94 / 4] = (uint32_t)((uintptr_t)q[i].avail >> 32);
+            r[0xa0 / 4] = (uint32_t)(uintptr_t)q[i].used;
+            r[0xa4 / 4] = (uint32_t)((uintptr_t)q[i].used >> 32);
+            r[0x44 / 4] = 1;
+        }
+        r[0x70 / 4] = 0xf; /* DRIVER_OK */
+        ((volatile uint16_t *)q[0].avail)[1] = 100; /* avail.idx */
+        r[0x50 / 4] = 0; /* QueueNotify */
+        uint32_t status = 0;
+        /* Each read is an exit (~25 us): ~2 s at most. */
+        for (int i = 0; i < 80000 && !(status & 0x40); i++)
+            status = r[0x70 / 4];
+        printf("status=%x\n", status);
         return 0;
     } else {
         return usage();

@@ -618,6 +618,9 @@ impl DeviceThread<'_> {
     /// the driver broke the rules.
     fn pump(&mut self, message: &mut Vec<u8>) -> Result<bool, ()> {
         let mut moved = false;
+        // virtio-queue's iterator stops silently on an avail index more
+        // than a queue ahead; that is a broken driver, not an empty queue.
+        Self::pending(&self.tx, &self.mem)?;
         while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
             self.refuse_indirect(&self.tx, head)?;
@@ -649,12 +652,7 @@ impl DeviceThread<'_> {
             return Ok(moved);
         }
         // Receive only into a buffer the driver already offered.
-        let offered = self
-            .rx
-            .avail_idx(&self.mem, Ordering::Acquire)
-            .map_err(|_| ())?
-            .0
-            != self.rx.next_avail();
+        let offered = Self::pending(&self.rx, &self.mem)? != 0;
         if offered {
             match self.channel.recv(message) {
                 Ok(()) => {
@@ -666,6 +664,18 @@ impl DeviceThread<'_> {
             }
         }
         Ok(moved)
+    }
+
+    /// How many chains the driver has made available and the device not yet
+    /// taken; `Err` when that is more than the queue holds (the driver
+    /// moved its avail index past what it can have written).
+    fn pending(queue: &Queue, mem: &GuestMemoryMmap) -> Result<u16, ()> {
+        let avail = queue.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
+        let pending = avail.0.wrapping_sub(queue.next_avail());
+        if pending > queue.size() {
+            return Err(());
+        }
+        Ok(pending)
     }
 
     /// Writes `message` into the next receive chain.
