@@ -38,7 +38,7 @@ int main(void) {
     P("window_addr", XOS_WINDOW); P("max_window", XOS_MAX_WINDOW_SIZE);
     P("may_sleep", XOS_WINDOW_MAY_SLEEP);
     P("window_wait", XOS_HC_WINDOW_WAIT); P("window_wake", XOS_HC_WINDOW_WAKE);
-    P("epipe", -XOS_EPIPE); P("safe_point", XOS_HC_SAFE_POINT);
+    P("epipe", -XOS_EPIPE); P("safe_point", XOS_HC_SAFE_POINT); P("view_switch", XOS_HC_VIEW_SWITCH);
     P("devices", offsetof(struct xos_boot_info, devices));
     P("virtio_mmio", XOS_VIRTIO_MMIO); P("dev_virtio", XOS_DEVICE_VIRTIO_CHANNEL);
     P("ring_magic", XOS_RING_MAGIC); P("ring_control", XOS_RING_CONTROL);
@@ -111,6 +111,7 @@ int main(void) {
         ("window_wake", u64::from(nr::WINDOW_WAKE)),
         ("epipe", (-err::EPIPE) as u64),
         ("safe_point", u64::from(nr::SAFE_POINT)),
+        ("view_switch", u64::from(nr::VIEW_SWITCH)),
         ("devices", offset_of!(BootInfo, devices) as u64),
         ("virtio_mmio", VIRTIO_MMIO),
         ("dev_virtio", DEVICE_VIRTIO_CHANNEL),

@@ -26,6 +26,7 @@
 #define XOS_HC_WINDOW_WAIT 9
 #define XOS_HC_WINDOW_WAKE 10
 #define XOS_HC_SAFE_POINT 11
+#define XOS_HC_VIEW_SWITCH 12 /* doorbell value: 12 | view << 16 */
 
 /* The channel window (BootInfo.window): a shared-memory ring channel. */
 #define XOS_WINDOW 0x500000000ull

@@ -20,6 +20,8 @@
 //!   time between consecutive resume-hook calls;
 //! - `kvm.exit_roundtrip`: the floor: a bare CPL3 loop writing the doorbell,
 //!   as the time between consecutive `KVM_RUN` returns;
+//! - `kvm.memslot_switch`, `eptview.call_fallback`: EPT views without
+//!   VMFUNC (see [`eptview`]).
 //! - `baseline.fork_wait`, `baseline.fork_exec_wait`,
 //!   `baseline.thread_spawn_join`: what a process or thread costs.
 //!
@@ -37,6 +39,7 @@
 pub mod breakdown;
 pub mod cgi;
 pub mod channels;
+pub mod eptview;
 pub mod measure;
 pub mod mutate;
 pub mod plot;
@@ -216,6 +219,18 @@ const BENCHES: &[Bench] = &[
         run: measure_exit_roundtrip,
     },
     Bench {
+        name: "kvm.memslot_switch",
+        needs: Needs::Kvm,
+        samples: ROUNDTRIP_SAMPLES,
+        run: eptview::measure_memslot_switch,
+    },
+    Bench {
+        name: "eptview.call_fallback",
+        needs: Needs::Kvm,
+        samples: ROUNDTRIP_SAMPLES,
+        run: eptview::measure_call_fallback,
+    },
+    Bench {
         name: "baseline.fork_wait",
         needs: Needs::Nothing,
         samples: PROCESS_SAMPLES,
@@ -380,6 +395,12 @@ pub const BARS: &[Bar] = &[
         kind: BarKind::AtMost,
     },
     Bar {
+        numerator: "eptview.call_fallback",
+        denominator: "kvm.exit_roundtrip+kvm.memslot_switch",
+        limit: 1.5,
+        kind: BarKind::AtMost,
+    },
+    Bar {
         numerator: "serve.rps",
         denominator: "baseline.cgi_rps",
         limit: 3.0,
@@ -405,6 +426,9 @@ pub enum BarResult {
 /// The bar's result from `records`.
 pub fn bar_result(bar: &Bar, records: &[Record]) -> BarResult {
     let find = |name: &str| records.iter().find(|r| r.name == name);
+    if bar.denominator.contains('+') {
+        return sum_bar_result(bar, records);
+    }
     match (find(bar.numerator), find(bar.denominator)) {
         (Some(n), Some(d)) => match (n.value, d.value) {
             (Some(nv), Some(dv)) if dv > 0.0 => BarResult::Ratio {
@@ -418,6 +442,30 @@ pub fn bar_result(bar: &Bar, records: &[Record]) -> BarResult {
             _ => BarResult::NotRun,
         },
         _ => BarResult::NotRun,
+    }
+}
+
+/// A latency bar whose denominator is a sum of records (`a+b`): one
+/// operation that costs both.
+fn sum_bar_result(bar: &Bar, records: &[Record]) -> BarResult {
+    let find = |name: &str| records.iter().find(|r| r.name == name && r.value.is_none());
+    let Some(n) = find(bar.numerator) else {
+        return BarResult::NotRun;
+    };
+    let (mut median, mut p10) = (0u64, 0u64);
+    for part in bar.denominator.split('+') {
+        let Some(d) = find(part) else {
+            return BarResult::NotRun;
+        };
+        median += d.median_ns;
+        p10 += d.p10_ns;
+    }
+    if median == 0 || p10 == 0 {
+        return BarResult::NotRun;
+    }
+    BarResult::Ratio {
+        median: n.median_ns as f64 / median as f64,
+        p10: n.p10_ns as f64 / p10 as f64,
     }
 }
 

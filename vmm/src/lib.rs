@@ -15,6 +15,8 @@
 //! - [`runner`], [`executor`], [`reaper`], [`interrupt`], [`seccomp`], [`exit`]: running
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 //! - [`mmio`]: a device on the guest's MMIO page (the virtio channel).
+//! - [`view`]: EPT views by memory-slot switching (the `ept-view`
+//!   fallback where there is no `VMFUNC`).
 //! - [`vm`]: a long-lived VM (booted once, run many times; the `vm` ICF).
 //! - [`pivot`]: an execution flow's state at a safe point, which every
 //!   kind of IC can continue (`mutate`).
@@ -42,6 +44,7 @@ pub mod reaper;
 pub mod runner;
 pub mod seccomp;
 pub mod snapshot;
+pub mod view;
 pub mod vm;
 pub mod window;
 

@@ -134,6 +134,13 @@ pub mod nr {
     /// IC; 1 when it goes on in a new IC, with its memory and general
     /// registers (vector registers are not carried: it is a call).
     pub const SAFE_POINT: u32 = 11;
+    /// Switch this VM's memory to EPT view `value >> 16` (the doorbell
+    /// value is `VIEW_SWITCH | view << 16`) and go on at the next
+    /// instruction with the same registers: what `VMFUNC` leaf 0 does,
+    /// done by the monitor where the CPU or KVM cannot (the `ept-view`
+    /// fallback). No arguments in guest memory: the memory changes under
+    /// the call. Only in a VM with views; a bad view number is a fault.
+    pub const VIEW_SWITCH: u32 = 12;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.
