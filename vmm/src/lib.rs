@@ -18,6 +18,7 @@
 //! - [`view`]: EPT views by memory-slot switching (the `ept-view`
 //!   fallback where there is no `VMFUNC`).
 //! - [`vm`]: a long-lived VM (booted once, run many times; the `vm` ICF).
+//! - [`vmfunc`]: the ioctl ABI of `vmfunc-kmod` (EPTP switching, VMFUNC) and a safe wrapper.
 //! - [`pivot`]: an execution flow's state at a safe point, which every
 //!   kind of IC can continue (`mutate`).
 //! - [`window`]: memory shared with a peer, mapped into the guest (the
@@ -46,6 +47,7 @@ pub mod seccomp;
 pub mod snapshot;
 pub mod view;
 pub mod vm;
+pub mod vmfunc;
 pub mod window;
 
 pub use exit::{Fault, GuestExit, GuestRegs, RunStats};
