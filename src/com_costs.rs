@@ -102,6 +102,7 @@ pub fn measure(a: &str, b: &str, mechanism: ComMechanism) -> anyhow::Result<Dura
             };
             crate::bench::xic::measure_window_call(caller, callee, mechanism, 8, WINDOW_BATCHES)?
         }
+        ComMechanism::ViewCall => crate::bench::xic::measure_view_call(8, WINDOW_BATCHES)?,
         m => crate::bench::channels::measure_channel_call(m, 8, CALLS)?,
     };
     finish(samples)

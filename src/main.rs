@@ -455,6 +455,9 @@ fn icfs(com: bool, remeasure: bool) -> Result<ExitCode, Failure> {
                 info.name, "unavailable", info.description
             ),
         }
+        if let Some(mode) = &info.mode {
+            println!("{:<10} {:<12} mode: {mode}", "", "");
+        }
     }
     if com {
         let report =

@@ -27,6 +27,17 @@
 #define XOS_HC_WINDOW_WAKE 10
 #define XOS_HC_SAFE_POINT 11
 #define XOS_HC_VIEW_SWITCH 12 /* doorbell value: 12 | view << 16 */
+#define XOS_HC_VIEW_SERVE 13
+
+/* EPT views (abi::view): the trampoline page (the same in every view) and
+ * each view's control block. */
+#define XOS_VIEW_TRAMPOLINE 0x22000ull
+#define XOS_VIEW_CONTROL 0x23000ull
+#define XOS_VIEW_CALL XOS_VIEW_TRAMPOLINE
+#define XOS_VIEW_SERVE (XOS_VIEW_TRAMPOLINE + 0x100ull)
+#define XOS_VIEW_ZERO_FXSAVE 0x200ull
+#define XOS_VIEW_MSG_SIZE 0x10000ull
+#define XOS_VIEW_NO_PEER 0xffffffffffffffffull
 
 /* The channel window (BootInfo.window): a shared-memory ring channel. */
 #define XOS_WINDOW 0x500000000ull
@@ -84,6 +95,16 @@ struct xos_window_info {
     uint64_t size;
     uint32_t side;
     uint32_t flags;
+};
+
+struct xos_view_control {
+    uint64_t this_view;
+    uint64_t peer;
+    uint64_t handler;
+    uint64_t serve_rsp;
+    uint64_t saved_rsp;
+    uint64_t msg_addr;
+    uint64_t msg_size;
 };
 
 struct xos_boot_info {

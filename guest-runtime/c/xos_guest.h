@@ -90,6 +90,30 @@ long xos_vchan_send(const void *msg, size_t len);
 long xos_vchan_recv(void *buf, size_t cap);
 long xos_vchan_call(const void *request, size_t len, void *reply, size_t cap);
 
+/* ---- EPT views ---------------------------------------------------------- */
+/* In an ept-view IC connected to a peer view (docs/ABI.md, "EPT views"), a
+ * call moves this vCPU into the peer's memory through the trampoline: the
+ * request goes through a message area mapped in both views, the peer's
+ * handler runs on the peer's own stack, and the reply comes back the same
+ * way. No copy through the monitor; one VMFUNC each way where the CPU has
+ * it, else one exit each way. A handler makes no hypercall (no printf). */
+
+/* 1 when this view calls a peer, 2 when it serves a caller, else 0. */
+int xos_view_role(void);
+/* The message area and its size (NULL without a peer). */
+void *xos_view_buffer(size_t *size);
+/* Calls the peer with `len` bytes of `request`; the reply (at most `cap`
+ * bytes) lands in `reply`. Returns the reply's length, XOS_EPIPE when the
+ * peer is gone or failed, XOS_E2BIG when something does not fit,
+ * XOS_EINVAL without a peer. */
+long xos_view_call(const void *request, size_t len, void *reply, size_t cap);
+/* A handler: the request is the first `len` bytes of the message area
+ * (`cap` bytes in all); it writes the reply there and returns its length. */
+typedef unsigned long (*xos_view_handler)(unsigned long len, unsigned long cap);
+/* Serves calls with `handler` until the caller is gone; returns XOS_EPIPE
+ * then (XOS_EINVAL when this view serves nobody). */
+long xos_view_serve(xos_view_handler handler);
+
 /* ---- errno ------------------------------------------------------------- */
 
 extern int errno;

@@ -23,6 +23,9 @@ pub enum ComMechanism {
     /// A virtio channel device (two virtqueues) in a VM IC, served by a
     /// device thread that forwards to the peer over a shared-memory ring.
     Virtio,
+    /// A call from one EPT view into its connected peer view through the
+    /// trampoline (`ept-view` ICs of one VM).
+    ViewCall,
 }
 
 impl ComMechanism {
@@ -36,11 +39,12 @@ impl ComMechanism {
             ComMechanism::UnixSocket => "unix",
             ComMechanism::Tcp => "tcp",
             ComMechanism::Virtio => "virtio",
+            ComMechanism::ViewCall => "view-call",
         }
     }
 
     /// Every mechanism, in a fixed order.
-    pub const ALL: [ComMechanism; 7] = [
+    pub const ALL: [ComMechanism; 8] = [
         ComMechanism::HypercallRelay,
         ComMechanism::ShmRingPoll,
         ComMechanism::ShmRingFutex,
@@ -48,6 +52,7 @@ impl ComMechanism {
         ComMechanism::UnixSocket,
         ComMechanism::Tcp,
         ComMechanism::Virtio,
+        ComMechanism::ViewCall,
     ];
 
     /// The mechanism whose [`ComMechanism::name`] is `name`.
@@ -72,6 +77,9 @@ impl ComMechanism {
             ComMechanism::Tcp => "a TCP connection on 127.0.0.1 without Nagle, length-prefixed messages",
             ComMechanism::Virtio => {
                 "a virtio-mmio device with two virtqueues in the VM; its device thread polls them and forwards over a shared-memory ring"
+            }
+            ComMechanism::ViewCall => {
+                "the caller's vCPU moves into the callee's EPT view through a trampoline (VMFUNC, or an exit and a memory-slot switch each way) and runs its handler on the callee's stack"
             }
         }
     }

@@ -172,6 +172,12 @@ pub trait IsolationContextFactory: Send + Sync {
     /// needs exist. Cheap to call again.
     fn init(&self) -> Availability;
 
+    /// How the factory works on this machine, where it has more than one
+    /// way (`xos-vmm icfs` prints it): which mode is in use, and why.
+    fn mode(&self) -> Option<String> {
+        None
+    }
+
     /// `ic_create`: a new IC from `spec`.
     fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError>;
 

@@ -17,11 +17,13 @@
 //! Factories: [`virtine`] (a fresh micro-VM per run), [`vm`] (a long-lived
 //! VM whose execution flow keeps running across runs), [`process`] (a host
 //! process running the same image, for comparison; the `mutate` pivot),
-//! [`thread`] (a thread of the monitor).
+//! [`thread`] (a thread of the monitor), [`ept_view`] (EPT views of one
+//! VM, calling each other through a trampoline).
 #![deny(missing_docs)]
 
 pub mod channel;
 pub mod com;
+pub mod ept_view;
 pub mod error;
 pub mod factory;
 pub mod process;

@@ -39,6 +39,8 @@ pub struct IcfInfo {
     pub description: &'static str,
     /// Its probe's result.
     pub availability: Availability,
+    /// Which of its ways it uses here, and why ([`IsolationContextFactory::mode`]).
+    pub mode: Option<String>,
 }
 
 /// The VIC layer's registry.
@@ -74,6 +76,11 @@ impl Registry {
         };
         let _ = r.register(Arc::new(process));
         let _ = r.register(Arc::new(crate::thread::ThreadFactory));
+        let _ = r.register(Arc::new(crate::ept_view::EptViewFactory::default()));
+        // EPT views: a connected pair calls through the trampoline; a view
+        // calls host functions like any VM.
+        r.register_com("ept-view", "ept-view", ComMechanism::ViewCall);
+        r.register_com("ept-view", "host", ComMechanism::HypercallRelay);
         // A process IC's hypercalls are served inside its own process: the
         // embedder's host functions are not reachable from it (yet).
         for kind in ["virtine", "vm", "thread"] {
@@ -150,6 +157,7 @@ impl Registry {
                 name: f.name(),
                 description: f.description(),
                 availability: f.init(),
+                mode: f.mode(),
             })
             .collect()
     }

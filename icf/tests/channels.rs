@@ -21,7 +21,7 @@ fn pair(m: ComMechanism) -> Pair {
         ComMechanism::Pipe => boxed(pipe_pair().unwrap()),
         ComMechanism::UnixSocket => boxed(unix_pair().unwrap()),
         ComMechanism::Tcp => boxed(tcp_pair().unwrap()),
-        ComMechanism::HypercallRelay | ComMechanism::Virtio => {
+        ComMechanism::HypercallRelay | ComMechanism::Virtio | ComMechanism::ViewCall => {
             unreachable!("not a channel between host threads")
         }
     }

@@ -2,7 +2,9 @@
  * whichever way the monitor provides it: a channel window mapped into the
  * guest (xos_chan_*, no exit per message) when there is one, else a virtio
  * channel device (xos_vchan_*, no exit per message while its device thread
- * polls), else the host functions of icf::channel::attach ("chan.call",
+ * polls), else, in an ept-view IC with a peer view, a cross-view call
+ * through the trampoline (xos_view_*, no copy through the monitor), else
+ * the host functions of icf::channel::attach ("chan.call",
  * "chan.recv", "chan.reply_recv"), one exit per call.
  *
  *   chan call N SIZE [BATCH]  makes N calls with SIZE-byte requests and
@@ -35,8 +37,22 @@ static int parse(const char *s, unsigned long long *out)
 
 /* One exit per request: the reply and the wait for the next request are
  * one host call (chan.reply_recv). */
+/* An EPT view's handler: the request is in the message area; the reply
+ * (each byte plus one) replaces it. */
+static unsigned long view_handler(unsigned long len, unsigned long cap)
+{
+    size_t size;
+    unsigned char *area = xos_view_buffer(&size);
+    (void)cap;
+    for (unsigned long i = 0; i < len; i++)
+        area[i]++;
+    return len;
+}
+
 static int serve(void)
 {
+    if (xos_view_role() == 2)
+        return xos_view_serve(view_handler) == XOS_EPIPE ? 0 : 1;
     if (xos_chan_window() || xos_vchan_available()) {
         int window = xos_chan_window();
         long n;
@@ -76,6 +92,7 @@ static int call(unsigned long long n, unsigned long long size,
 {
     int window = xos_chan_window();
     int vchan = !window && xos_vchan_available();
+    int view = !window && !vchan && xos_view_role() == 1;
     unsigned long long stamps = 0;
     for (unsigned long long i = 0; i < n; i++) {
         if (batch && i % batch == 0 && stamps <= MAX_BATCHES)
@@ -89,6 +106,7 @@ static int call(unsigned long long n, unsigned long long size,
         unsigned long long base = batch ? 0 : i;
         long r = window  ? xos_chan_call(request, size, reply, MAX_SIZE)
                  : vchan ? xos_vchan_call(request, size, reply, MAX_SIZE)
+                 : view  ? xos_view_call(request, size, reply, MAX_SIZE)
                          : xos_host_call("chan.call", request, size, reply,
                                          MAX_SIZE);
         if (r != (long)size) {

@@ -25,6 +25,19 @@
  *                      8-entry queue and prints "status=<hex>" once the
  *                      device reports DEVICE_NEEDS_RESET (or after ~2 s)
  *
+ * EPT-view modes (an ept-view IC; see tests/ept_view.rs):
+ *   view-crash         serves with a handler that dereferences NULL
+ *   view-print         serves with a handler that makes a hypercall
+ *                      (inside a call: refused)
+ *   view-secret        puts "TOPSECRET" in a static buffer, then serves
+ *                      with a handler that answers "ok"
+ *   view-peek          calls its peer once, then prints the reply and
+ *                      whether its own copy of that static buffer holds
+ *                      the secret ("peek: reply=ok mine=clean")
+ *   view-call          calls its peer once; prints "call=<result>"
+ *   view-switch N      writes VIEW_SWITCH to view N from its own code
+ *                      (outside the trampoline)
+ *
  * A fault mode that does not fault prints "faults: MODE did not fault" to
  * stderr and exits 3. Bad usage exits 2. */
 #include <stdio.h>
@@ -35,6 +48,32 @@
 #define FAR_AWAY 0x4000000000ull /* 256 GiB: above any guest memory size */
 
 static volatile int sink;
+static char secret[64];
+
+static unsigned long crash_handler(unsigned long len, unsigned long cap)
+{
+    (void)len;
+    (void)cap;
+    return (unsigned long)*(volatile int *)0;
+}
+
+static unsigned long print_handler(unsigned long len, unsigned long cap)
+{
+    (void)cap;
+    /* Any hypercall, inside the call. */
+    xos_hypercall(XOS_HC_NOP, 0, 0, 0, 0, 0, 0);
+    return len;
+}
+
+static unsigned long ok_handler(unsigned long len, unsigned long cap)
+{
+    size_t size;
+    char *area = xos_view_buffer(&size);
+    (void)len;
+    (void)cap;
+    memcpy(area, "ok", 2);
+    return 2;
+}
 
 __attribute__((noinline)) static int recurse(volatile char *up, int depth)
 {
@@ -121,6 +160,32 @@ int main(int argc, char **argv)
         }
         r[0x70 / 4] = 0xf; /* DRIVER_OK */
         printf("status=%x\n", r[0x70 / 4]);
+        return 0;
+    } else if (!strcmp(m, "view-crash") || !strcmp(m, "view-print") ||
+               !strcmp(m, "view-secret")) {
+        xos_view_handler h = m[5] == 'c' ? crash_handler
+                             : m[5] == 'p' ? print_handler
+                                           : ok_handler;
+        if (h == ok_handler)
+            strcpy(secret, "TOPSECRET");
+        long r = xos_view_serve(h);
+        printf("serve=%ld\n", r);
+        return 0;
+    } else if (!strcmp(m, "view-peek") || !strcmp(m, "view-call")) {
+        char reply[16] = {0};
+        long r = xos_view_call("hello", 5, reply, sizeof reply - 1);
+        if (m[5] == 'c') {
+            printf("call=%ld\n", r);
+            return 0;
+        }
+        printf("peek: reply=%s mine=%s\n", r > 0 ? reply : "none",
+               strstr(secret, "TOPSECRET") ? "SECRET" : "clean");
+        return 0;
+    } else if (!strcmp(m, "view-switch") && argc == 3) {
+        unsigned view = (unsigned)strtoul(argv[2], NULL, 10);
+        *(volatile uint32_t *)(uintptr_t)XOS_DOORBELL =
+            XOS_HC_VIEW_SWITCH | view << 16;
+        printf("switched\n");
         return 0;
     } else if (!strcmp(m, "virtio-ahead")) {
         /* Queue memory in ordinary user memory: only the index is wrong. */

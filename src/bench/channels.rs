@@ -25,7 +25,7 @@ fn pair(m: ComMechanism) -> anyhow::Result<(Box<dyn Channel>, Box<dyn Channel>)>
         ComMechanism::Pipe => boxed(pipe_pair()),
         ComMechanism::UnixSocket => boxed(unix_pair()),
         ComMechanism::Tcp => boxed(tcp_pair()),
-        ComMechanism::HypercallRelay | ComMechanism::Virtio => {
+        ComMechanism::HypercallRelay | ComMechanism::Virtio | ComMechanism::ViewCall => {
             anyhow::bail!("{} is not a channel between host threads", m.name())
         }
     }

@@ -344,7 +344,85 @@ pub fn measure_window_call(
     if caller == "virtine" || callee == "virtine" {
         wait_for_teardown(idle, 0)?;
     }
-    let text = String::from_utf8_lossy(&stdout.contents()).into_owned();
+    per_call_from_tsc(&stdout.contents(), batches, WINDOW_BATCH, wall)
+}
+
+/// `samples` batches of [`WINDOW_BATCH`] calls of `bytes` bytes between
+/// two `ept-view` ICs of one VM, connected as a pair: each call enters the
+/// callee's view through the trampoline and comes back (here, without
+/// VMFUNC: an exit and a memory-slot switch each way). Timed inside the
+/// caller like the window calls.
+pub fn measure_view_call(bytes: usize, samples: usize) -> anyhow::Result<Vec<u64>> {
+    let program = Program::parse(image_bytes(CHAN_IMAGE)?)
+        .with_context(|| format!("cannot parse {CHAN_IMAGE}"))?;
+    let batches = samples + WINDOW_WARMUP;
+    let calls = batches * VIEW_BATCH;
+    let timeout = Some(Duration::from_secs(30) + Duration::from_millis(calls as u64));
+    let mut callee = IcSpec::new(program.clone());
+    callee.args = vec![b"chan".to_vec(), b"serve".to_vec()];
+    callee.timeout = timeout;
+    let mut caller = IcSpec::new(program);
+    caller.args = vec![
+        b"chan".to_vec(),
+        b"call".to_vec(),
+        calls.to_string().into_bytes(),
+        bytes.to_string().into_bytes(),
+        VIEW_BATCH.to_string().into_bytes(),
+    ];
+    caller.timeout = timeout;
+    let factory = icf::ept_view::EptViewFactory::default();
+    let (mut caller_ic, mut callee_ic) = factory
+        .create_pair(caller, callee)
+        .context("xic: cannot create a pair of ept-view ICs")?;
+    let server = std::thread::Builder::new()
+        .name("xic-view-callee".into())
+        .spawn(move || {
+            let (io, _, stderr) = GuestIo::capture(Vec::new());
+            let outcome = callee_ic.run(io);
+            (outcome, stderr.contents())
+        })
+        .context("cannot start the callee's thread")?;
+    let (io, stdout, stderr) = GuestIo::capture(Vec::new());
+    let started = Instant::now();
+    let called = caller_ic
+        .run(io)
+        .context("xic: cannot run the ept-view caller");
+    let wall = started.elapsed();
+    // The caller's view goes: the callee's service ends and it exits.
+    drop(caller_ic);
+    let (served, served_err) = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the callee's thread panicked"))?;
+    let outcome = called?;
+    ensure!(
+        outcome.exit == GuestExit::Exited(0),
+        "xic: the ept-view caller ended with {:?} (its stderr: {:?})",
+        outcome.exit,
+        String::from_utf8_lossy(&stderr.contents())
+    );
+    let served = served.context("xic: cannot run the ept-view callee")?;
+    ensure!(
+        served.exit == GuestExit::Exited(0),
+        "xic: the ept-view callee ended with {:?} (its stderr: {:?})",
+        served.exit,
+        String::from_utf8_lossy(&served_err)
+    );
+    per_call_from_tsc(&stdout.contents(), batches, VIEW_BATCH, wall)
+}
+
+/// Calls per timed batch between EPT views: without VMFUNC a call costs
+/// hundreds of microseconds here, so batches are short.
+const VIEW_BATCH: usize = 8;
+
+/// The caller's "tsc D1 D2 ..." line turned into per-call nanoseconds,
+/// checked against the run's wall time; the warm-up batches dropped.
+fn per_call_from_tsc(
+    stdout: &[u8],
+    batches: usize,
+    batch: usize,
+    wall: Duration,
+) -> anyhow::Result<Vec<u64>> {
+    let text = String::from_utf8_lossy(stdout).into_owned();
     let ticks: Vec<u64> = text
         .lines()
         .find_map(|l| l.strip_prefix("tsc"))
@@ -361,11 +439,11 @@ pub fn measure_window_call(
     let rate = tsc_per_ns();
     let per_call: Vec<u64> = ticks
         .iter()
-        .map(|&t| (t as f64 / rate / WINDOW_BATCH as f64) as u64)
+        .map(|&t| (t as f64 / rate / batch as f64) as u64)
         .collect();
     // The guest's counter must agree with the host's clock: all batches
     // together cannot have taken longer than the whole run.
-    let timed: u64 = per_call.iter().sum::<u64>() * WINDOW_BATCH as u64;
+    let timed: u64 = per_call.iter().sum::<u64>() * batch as u64;
     ensure!(
         timed <= nanos(wall),
         "the guest's time stamps add up to {timed} ns, more than the run's {} ns: the guest's TSC runs at another rate than the host's",
@@ -409,6 +487,9 @@ pub fn matrix(registry: &Registry) -> Vec<(String, MatrixRun)> {
                         | icf::ComMechanism::Virtio => Box::new(move |n| {
                             measure_window_call(&caller, &callee, mechanism, bytes, n)
                         }),
+                        icf::ComMechanism::ViewCall => {
+                            Box::new(move |n| measure_view_call(bytes, n))
+                        }
                         // Host-only mechanisms (pipes, sockets) connect no
                         // ICs yet; `channel.*` measures them between threads.
                         _ => continue,

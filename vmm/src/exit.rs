@@ -138,6 +138,10 @@ pub enum Fault {
     },
     /// Any other exit the monitor does not expect from a guest.
     UnexpectedExit(String),
+    /// An IC of a VM with EPT views broke the cross-view call protocol
+    /// (a switch from outside the trampoline, to a view that is not its
+    /// peer or not serving, a hypercall in the middle of a call).
+    ViewProtocol(String),
     /// A guest running in a host process (or thread) received a fatal
     /// signal: SIGSEGV, SIGILL, SIGFPE, SIGBUS or SIGTRAP.
     Signal {
@@ -322,6 +326,11 @@ impl fmt::Display for GuestExit {
                     Fault::UnexpectedExit(m) => {
                         write!(f, "guest fault: unexpected exit {m} at rip={:#x}", regs.rip)?
                     }
+                    Fault::ViewProtocol(m) => write!(
+                        f,
+                        "guest fault: broke the EPT-view call protocol: {m} (rip={:#x}); switch views only through the trampoline (xos_view_call / xos_view_serve)",
+                        regs.rip
+                    )?,
                 }
                 write!(f, "\nregisters: {regs}")
             }

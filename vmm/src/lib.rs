@@ -16,7 +16,8 @@
 //!   a guest to its end on a filtered vCPU thread and reporting how it ended.
 //! - [`mmio`]: a device on the guest's MMIO page (the virtio channel).
 //! - [`view`]: EPT views by memory-slot switching (the `ept-view`
-//!   fallback where there is no `VMFUNC`).
+//!   fallback where there is no `VMFUNC`); [`view_host`]: ICs as the
+//!   views of one VM, calling each other through the trampoline.
 //! - [`vm`]: a long-lived VM (booted once, run many times; the `vm` ICF).
 //! - [`vmfunc`]: the ioctl ABI of `vmfunc-kmod` (EPTP switching, VMFUNC) and a safe wrapper.
 //! - [`pivot`]: an execution flow's state at a safe point, which every
@@ -46,6 +47,7 @@ pub mod runner;
 pub mod seccomp;
 pub mod snapshot;
 pub mod view;
+pub mod view_host;
 pub mod vm;
 pub mod vmfunc;
 pub mod window;

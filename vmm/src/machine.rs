@@ -240,6 +240,25 @@ impl Machine {
         self.mem_size
     }
 
+    /// Exchanges the memory this machine reads and writes (and hands to
+    /// the hypercall server) with `other`, of the same size: a VM with EPT
+    /// views keeps the active view here. The caller moves KVM's slot.
+    pub(crate) fn swap_memory(&mut self, other: &mut GuestMemoryMmap) {
+        std::mem::swap(&mut self.mem, other);
+    }
+
+    /// Has KVM copy the general registers into the `kvm_run` page at every
+    /// exit, so [`Machine::exit_registers`] reads them without an ioctl.
+    pub(crate) fn report_registers_on_exit(&mut self) {
+        self.vcpu.set_sync_valid_reg(SyncReg::Register);
+    }
+
+    /// The general registers at the last exit (after
+    /// [`Machine::report_registers_on_exit`]).
+    pub(crate) fn exit_registers(&self) -> kvm_bindings::kvm_regs {
+        self.vcpu.sync_regs().regs
+    }
+
     /// The KVM VM.
     pub fn vm(&self) -> &VmFd {
         &self.vm

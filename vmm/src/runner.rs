@@ -535,6 +535,47 @@ pub(crate) fn run_loop(
     interrupter: &Interrupter,
     options: &mut LoopControl,
 ) -> Result<(GuestExit, u64), RunError> {
+    run_loop_hooked(machine, hypercalls, interrupter, options, &mut NoHook)
+}
+
+/// What an [`ExitHook`] did with a doorbell write.
+pub(crate) enum HookAction {
+    /// Not its business: the hypercall server handles it.
+    Pass,
+    /// Handled: resume the guest.
+    Resume,
+    /// The run ends here, with this exit.
+    End(GuestExit),
+}
+
+/// A VM with more than the plain ABI (EPT views) sees the exits first.
+pub(crate) trait ExitHook {
+    /// A doorbell write, before the hypercall server.
+    fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError>;
+    /// The guest faulted (exception, bad access, triple fault). `true`
+    /// when the hook recovered and the guest goes on.
+    fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<bool, RunError>;
+}
+
+struct NoHook;
+
+impl ExitHook for NoHook {
+    fn doorbell(&mut self, _: &mut Machine, _: u32) -> Result<HookAction, RunError> {
+        Ok(HookAction::Pass)
+    }
+    fn fault(&mut self, _: &mut Machine, _: &GuestExit) -> Result<bool, RunError> {
+        Ok(false)
+    }
+}
+
+/// [`run_loop`] with an [`ExitHook`].
+pub(crate) fn run_loop_hooked(
+    machine: &mut Machine,
+    hypercalls: &mut Hypercalls,
+    interrupter: &Interrupter,
+    options: &mut LoopControl,
+    hook: &mut dyn ExitHook,
+) -> Result<(GuestExit, u64), RunError> {
     let mut exits = 0u64;
     loop {
         let exit = machine.run();
@@ -576,45 +617,62 @@ pub(crate) fn run_loop(
         };
         match step {
             Step::Continue => {}
-            Step::Hypercall(number) => match hypercalls.handle(machine.memory(), number) {
-                // Host I/O interrupted because the run is being stopped.
-                Err(_) if interrupter.reason() != StopReason::None => {
-                    return Ok((stopped(machine, hypercalls, interrupter, options), exits));
-                }
-                Err(e) => return Err(e.into()),
-                Ok(next) => match next {
-                    Next::Resume => {
-                        if let Some(hook) = options.on_resume.as_mut() {
-                            hook();
+            Step::Hypercall(number) => match hook.doorbell(machine, number)? {
+                HookAction::Resume => {}
+                HookAction::End(exit) => return Ok((exit, exits)),
+                HookAction::Pass => match hypercalls.handle(machine.memory(), number) {
+                    // Host I/O interrupted because the run is being stopped.
+                    Err(_) if interrupter.reason() != StopReason::None => {
+                        return Ok((stopped(machine, hypercalls, interrupter, options), exits));
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(next) => match next {
+                        Next::Resume => {
+                            if let Some(hook) = options.on_resume.as_mut() {
+                                hook();
+                            }
                         }
-                    }
-                    Next::Ready if options.stop_at_ready => return Ok((GuestExit::Ready, exits)),
-                    Next::Ready => {
-                        hypercalls.ret(machine.memory(), 0)?;
-                    }
-                    Next::SafePoint if interrupter.safe_point_requested() => {
-                        return Ok((GuestExit::SafePoint, exits))
-                    }
-                    Next::SafePoint => {
-                        hypercalls.ret(machine.memory(), 0)?;
-                    }
-                    Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
-                    Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
-                    Next::Fault(fault) => return Ok((faulted(machine, fault), exits)),
+                        Next::Ready if options.stop_at_ready => {
+                            return Ok((GuestExit::Ready, exits))
+                        }
+                        Next::Ready => {
+                            hypercalls.ret(machine.memory(), 0)?;
+                        }
+                        Next::SafePoint if interrupter.safe_point_requested() => {
+                            return Ok((GuestExit::SafePoint, exits))
+                        }
+                        Next::SafePoint => {
+                            hypercalls.ret(machine.memory(), 0)?;
+                        }
+                        Next::Exit(code) => return Ok((GuestExit::Exited(code), exits)),
+                        Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
+                        Next::Fault(fault) => {
+                            let exit = faulted(machine, fault);
+                            if !hook.fault(machine, &exit)? {
+                                return Ok((exit, exits));
+                            }
+                        }
+                    },
                 },
             },
             Step::Exception(vector) => {
-                let _ = hypercalls.drain_output(machine.memory());
-                return Ok((exception_exit(machine, vector), exits));
+                let exit = exception_exit(machine, vector);
+                if !hook.fault(machine, &exit)? {
+                    let _ = hypercalls.drain_output(machine.memory());
+                    return Ok((exit, exits));
+                }
             }
             Step::InternalError => {
                 let suberror = machine.internal_suberror();
                 return Ok((faulted(machine, Fault::InternalError { suberror }), exits));
             }
             Step::Fault(fault) => {
-                // Deliver what the guest printed before it failed.
-                let _ = hypercalls.drain_output(machine.memory());
-                return Ok((faulted(machine, fault), exits));
+                let exit = faulted(machine, fault);
+                if !hook.fault(machine, &exit)? {
+                    // Deliver what the guest printed before it failed.
+                    let _ = hypercalls.drain_output(machine.memory());
+                    return Ok((exit, exits));
+                }
             }
             Step::Interrupted => {
                 // Clear first, then look: a stop that lands after the look

@@ -68,6 +68,13 @@ pub mod layout {
     /// writable. Warm pools keep the snapshot's x87/SSE state and a resume
     /// trampoline here.
     pub const RESUME_PAGE: u64 = 0x2_1000;
+    /// The EPT-view trampoline page: the same code in every view of a VM
+    /// with views (the `ept-view` ICF), readable and executable by the
+    /// guest, not writable; see [`crate::view`]. Mapped (zero) elsewhere.
+    pub const VIEW_TRAMPOLINE: u64 = 0x2_2000;
+    /// The view's control block ([`crate::view::ViewControl`], user
+    /// read/write): each view has its own at this address.
+    pub const VIEW_CONTROL: u64 = 0x2_3000;
     /// Unmapped page below the stack: a stack overflow faults here.
     pub const STACK_GUARD: u64 = 0x3_0000;
     /// Lowest stack address (inclusive).
@@ -141,6 +148,11 @@ pub mod nr {
     /// fallback). No arguments in guest memory: the memory changes under
     /// the call. Only in a VM with views; a bad view number is a fault.
     pub const VIEW_SWITCH: u32 = 12;
+    /// This view serves cross-view calls from now on (the trampoline's
+    /// `view_serve`): its run parks here, the monitor enters it only for
+    /// calls, and resumes it here with `ret` = [`super::err::EPIPE`] once
+    /// its caller is gone.
+    pub const VIEW_SERVE: u32 = 13;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.
@@ -159,6 +171,56 @@ pub mod err {
     pub const EPIPE: i64 = -32;
     /// The host function reported a failure.
     pub const EHOSTFN: i64 = -1000;
+}
+
+/// Cross-view calls between the ICs of a VM with views (the `ept-view`
+/// ICF): a caller view enters its peer view through the trampoline at
+/// [`layout::VIEW_TRAMPOLINE`], the same code in every view, which
+/// switches the memory view (`VMFUNC`, or the `VIEW_SWITCH` hypercall
+/// where there is none) and calls the peer's handler on the peer's own
+/// stack. Messages go through a message area mapped in both views at
+/// [`ViewControl::msg_addr`]. `docs/ABI.md` has the protocol.
+pub mod view {
+    use super::layout::VIEW_TRAMPOLINE;
+
+    /// `long view_call(u64 len, u64 cap)`: the request is the first `len`
+    /// bytes of the message area; returns the reply's length (the reply
+    /// replaced the request) or a negative [`super::err`] value.
+    pub const CALL: u64 = VIEW_TRAMPOLINE;
+    /// `long view_serve(void)`: serve calls with [`ViewControl::handler`]
+    /// until the caller is gone; returns [`super::err::EPIPE`] then.
+    pub const SERVE: u64 = VIEW_TRAMPOLINE + 0x100;
+    /// Offset in the trampoline page of the zeroed FXSAVE image that the
+    /// trampoline loads at every switch, so that no x87/SSE register value
+    /// crosses between views.
+    pub const ZERO_FXSAVE: u64 = 0x200;
+    /// Bytes of message area per pair of views.
+    pub const MSG_SIZE: u64 = 64 << 10;
+    /// [`ViewControl::peer`] of a view that calls nobody.
+    pub const NO_PEER: u64 = u64::MAX;
+}
+
+/// A view's control block at [`layout::VIEW_CONTROL`]. The monitor writes
+/// `this`, `peer`, `msg_addr` and `msg_size`; the guest sets `handler`
+/// before `view_serve`; the trampoline keeps the two stack pointers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewControl {
+    /// This view's number.
+    pub this: u64,
+    /// The view this one calls ([`view::NO_PEER`] for none).
+    pub peer: u64,
+    /// `u64 handler(u64 len, u64 cap)`: serves one call (request and reply
+    /// in the message area), returns the reply's length.
+    pub handler: u64,
+    /// The stack pointer `view_serve` parked with (calls run below it).
+    pub serve_rsp: u64,
+    /// The caller's stack pointer during a call.
+    pub saved_rsp: u64,
+    /// Guest address of the message area (0 without a peer or caller).
+    pub msg_addr: u64,
+    /// Its size in bytes.
+    pub msg_size: u64,
 }
 
 /// Output record header in the output buffer: a record is this header
@@ -339,7 +401,9 @@ pub const fn align_up(v: u64, align: u64) -> u64 {
 
 #[cfg(feature = "vm-memory")]
 mod byte_valued {
-    use super::{BootInfo, Hypercall, OutputRecord, OutputState, StdinState, WindowInfo};
+    use super::{
+        BootInfo, Hypercall, OutputRecord, OutputState, StdinState, ViewControl, WindowInfo,
+    };
     // SAFETY: each type is `#[repr(C)]`, made only of integer fields laid out
     // without padding (sizes are multiples of 8, or two u32s), so every byte
     // pattern is a valid value and no byte is uninitialised.
@@ -354,4 +418,6 @@ mod byte_valued {
     unsafe impl vm_memory::ByteValued for StdinState {}
     // SAFETY: as above (two u64s, then two u32s).
     unsafe impl vm_memory::ByteValued for WindowInfo {}
+    // SAFETY: as above (seven u64s).
+    unsafe impl vm_memory::ByteValued for ViewControl {}
 }

@@ -41,6 +41,8 @@ pub fn low_page(addr: u64) -> LowPage {
         a if a < layout::SYSTEM_END => LowPage::Supervisor,
         a if a < layout::BOOT_INFO + layout::PAGE_SIZE => LowPage::User,
         a if a < layout::RESUME_PAGE + layout::PAGE_SIZE => LowPage::UserReadOnly,
+        a if a < layout::VIEW_TRAMPOLINE + layout::PAGE_SIZE => LowPage::UserReadOnly,
+        a if a < layout::VIEW_CONTROL + layout::PAGE_SIZE => LowPage::User,
         a if a < layout::STACK_BOTTOM => LowPage::Unmapped,
         _ => LowPage::User,
     }
@@ -105,6 +107,17 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
 /// writable, with 4 KiB pages so that nothing past its end is mapped. The
 /// memory behind it is a separate KVM memory slot (see `crate::window`).
 pub fn write_window(mem: &GuestMemoryMmap, size: u64) -> Result<(), ArchError> {
+    write_window_at(mem, size, xos_abi::WINDOW)
+}
+
+/// Maps `size` bytes at `xos_abi::WINDOW` like [`write_window`], backed by
+/// guest-physical memory from `gpa` on (page aligned): the message area of
+/// a pair of EPT views lives elsewhere in guest-physical memory, and only
+/// the two views' page tables reach it.
+pub fn write_window_at(mem: &GuestMemoryMmap, size: u64, gpa: u64) -> Result<(), ArchError> {
+    if !gpa.is_multiple_of(layout::PAGE_SIZE) {
+        return Err(ArchError::BadWindow(size));
+    }
     if size == 0 || size > xos_abi::MAX_WINDOW_SIZE || !size.is_multiple_of(layout::PAGE_SIZE) {
         return Err(ArchError::BadWindow(size));
     }
@@ -119,7 +132,7 @@ pub fn write_window(mem: &GuestMemoryMmap, size: u64) -> Result<(), ArchError> {
         .take((size / layout::PAGE_SIZE) as usize)
         .enumerate()
     {
-        *entry = (xos_abi::WINDOW + i as u64 * layout::PAGE_SIZE) | PRESENT | WRITABLE | USER;
+        *entry = (gpa + i as u64 * layout::PAGE_SIZE) | PRESENT | WRITABLE | USER;
     }
     write_table(mem, system::PT_WINDOW, &pt)
 }
@@ -181,7 +194,9 @@ mod tests {
         assert_eq!(low_page(0x1f000), LowPage::Supervisor);
         assert_eq!(low_page(layout::BOOT_INFO), LowPage::User);
         assert_eq!(low_page(layout::RESUME_PAGE), LowPage::UserReadOnly);
-        assert_eq!(low_page(layout::RESUME_PAGE + 0x1000), LowPage::Unmapped);
+        assert_eq!(low_page(layout::VIEW_TRAMPOLINE), LowPage::UserReadOnly);
+        assert_eq!(low_page(layout::VIEW_CONTROL), LowPage::User);
+        assert_eq!(low_page(layout::VIEW_CONTROL + 0x1000), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_GUARD), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_BOTTOM), LowPage::User);
         assert_eq!(low_page(layout::IMAGE_BASE), LowPage::User);

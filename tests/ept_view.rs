@@ -1,0 +1,245 @@
+//! The `ept-view` ICF: ICs as EPT views of one VM, on this machine's
+//! fallback (memory-slot switching). The same images run as in the other
+//! ICFs; a connected pair calls through the trampoline; a callee that
+//! fails or cheats fails alone; nothing of one view is visible in another.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{kvm_available, text, xos};
+use xos_vmm::icf::ept_view::EptViewFactory;
+use xos_vmm::icf::{IcSpec, IcfError, IsolationContext, IsolationContextFactory, Registry};
+use xos_vmm::vmm::{Fault, GuestExit, GuestIo, Program};
+
+fn spec(image: &str, args: &[&str]) -> IcSpec {
+    let image = xos_images::find(image).expect("the image is built");
+    let mut spec = IcSpec::new(Program::parse(image.bytes).expect("parses"));
+    spec.args = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+    spec.timeout = Some(Duration::from_secs(30));
+    spec
+}
+
+fn run(ic: &mut Box<dyn IsolationContext>) -> (GuestExit, String, String) {
+    let (io, out, err) = GuestIo::capture(Vec::new());
+    let exit = ic.run(io).expect("runs").exit;
+    (exit, text(&out.contents()), text(&err.contents()))
+}
+
+/// Runs the callee on a thread and the caller here; the caller's IC is
+/// dropped when it ends (which ends the callee's service).
+fn call_pair(
+    caller: IcSpec,
+    callee: IcSpec,
+) -> ((GuestExit, String, String), (GuestExit, String, String)) {
+    let (mut a, mut b) = EptViewFactory::default()
+        .create_pair(caller, callee)
+        .expect("a pair");
+    let served = std::thread::spawn(move || run(&mut b));
+    let called = run(&mut a);
+    drop(a);
+    (called, served.join().expect("the callee's thread"))
+}
+
+#[test]
+fn the_same_images_run_in_an_ept_view_ic() {
+    if !kvm_available() {
+        return;
+    }
+    for image in ["@hello-c", "@hello-rs"] {
+        let out = xos(&["run", "--icf", "ept-view", image, "--", "a", "b c"], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello from a virtine: a b c\n");
+    }
+    let out = xos(&["run", "--icf", "ept-view", "@sum-c"], b"1 2 3\n-4");
+    assert_eq!(text(&out.stdout), "2\n");
+    let out = xos(
+        &["run", "--icf", "ept-view", "@faults-c", "--", "exit", "7"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = xos(
+        &["run", "--icf", "ept-view", "@faults-c", "--", "null"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("null pointer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let input: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 255) as u8).collect();
+    let out = xos(&["run", "--icf", "ept-view", "@echo-c"], &input);
+    assert!(out.stdout == input, "echo differs");
+    let t = Instant::now();
+    let out = xos(
+        &[
+            "run",
+            "--icf",
+            "ept-view",
+            "--timeout",
+            "300ms",
+            "@faults-c",
+            "--",
+            "loop",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn icfs_says_which_mode_and_why() {
+    let out = xos(&["icfs"], b"");
+    let listing = text(&out.stdout);
+    assert!(listing.contains("ept-view"), "{listing}");
+    assert!(listing.contains("mode: fallback"), "{listing}");
+    assert!(listing.contains("because"), "{listing}");
+}
+
+#[test]
+fn a_pair_calls_through_the_trampoline_with_every_reply_right() {
+    if !kvm_available() {
+        return;
+    }
+    for size in ["1", "100", "65536"] {
+        let ((exit, _, err), (served, _, serr)) = call_pair(
+            spec("chan-c", &["chan", "call", "300", size]),
+            spec("chan-c", &["chan", "serve"]),
+        );
+        assert_eq!(exit, GuestExit::Exited(0), "{size}: {err}");
+        assert_eq!(served, GuestExit::Exited(0), "{size}: {serr}");
+    }
+    // Too large for the message area: a clean error in the caller.
+    let ((exit, _, err), (served, _, _)) = call_pair(
+        spec("chan-c", &["chan", "call", "1", "65537"]),
+        spec("chan-c", &["chan", "serve"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(2), "{err}");
+    assert_eq!(served, GuestExit::Exited(0));
+}
+
+#[test]
+fn a_caller_that_starts_first_waits_for_its_callee() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut a, mut b) = EptViewFactory::default()
+        .create_pair(
+            spec("chan-c", &["chan", "call", "50", "8"]),
+            spec("chan-c", &["chan", "serve"]),
+        )
+        .unwrap();
+    let caller = std::thread::spawn(move || {
+        let r = run(&mut a);
+        drop(a);
+        r
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let served = run(&mut b);
+    let (exit, _, err) = caller.join().unwrap();
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(served.0, GuestExit::Exited(0), "{}", served.2);
+}
+
+#[test]
+fn nothing_of_the_callee_is_visible_to_the_caller() {
+    if !kvm_available() {
+        return;
+    }
+    let ((exit, out, err), (served, sout, _)) = call_pair(
+        spec("faults-c", &["faults", "view-peek"]),
+        spec("faults-c", &["faults", "view-secret"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    // Same image, same address: the caller sees its own (clean) buffer,
+    // and only the reply crosses.
+    assert_eq!(out, "peek: reply=ok mine=clean\n");
+    assert_eq!(served, GuestExit::Exited(0));
+    assert_eq!(sout, "serve=-32\n");
+}
+
+#[test]
+fn a_callee_that_crashes_or_cheats_inside_a_call_fails_alone() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in ["view-crash", "view-print"] {
+        let ((exit, out, err), (served, _, _)) = call_pair(
+            spec("faults-c", &["faults", "view-call"]),
+            spec("faults-c", &["faults", mode]),
+        );
+        // The caller's call returns EPIPE and the caller goes on.
+        assert_eq!(exit, GuestExit::Exited(0), "{mode}: {err}");
+        assert_eq!(out, "call=-32\n", "{mode}");
+        match served {
+            GuestExit::Faulted {
+                fault: Fault::ViewProtocol(how),
+                ..
+            } => assert!(how.contains("inside a call"), "{mode}: {how}"),
+            other => panic!("{mode}: the callee ended with {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_switch_from_outside_the_trampoline_is_a_fault() {
+    if !kvm_available() {
+        return;
+    }
+    let ((exit, out, _), _) = call_pair(
+        spec("faults-c", &["faults", "view-switch", "1"]),
+        spec("chan-c", &["chan", "serve"]),
+    );
+    assert_eq!(out, "", "the guest went on after its switch");
+    match exit {
+        GuestExit::Faulted {
+            fault: Fault::ViewProtocol(how),
+            ..
+        } => assert!(how.contains("outside the trampoline"), "{how}"),
+        other => panic!("{other:?}"),
+    }
+    // A view with no peer has nothing to call.
+    let f = Registry::builtin().resolve("ept-view").unwrap();
+    let mut lone = f
+        .create(spec("faults-c", &["faults", "view-call"]))
+        .unwrap();
+    let (exit, out, _) = run(&mut lone);
+    assert_eq!(exit, GuestExit::Exited(0));
+    assert_eq!(out, "call=-22\n");
+}
+
+#[test]
+fn a_callee_that_ends_without_serving_fails_the_waiting_call() {
+    if !kvm_available() {
+        return;
+    }
+    let ((exit, out, err), (served, _, _)) = call_pair(
+        spec("faults-c", &["faults", "view-call"]),
+        spec("faults-c", &["faults", "exit", "3"]),
+    );
+    assert_eq!(served, GuestExit::Exited(3));
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(out, "call=-32\n");
+}
+
+#[test]
+fn windows_devices_and_mixed_sizes_are_refused() {
+    let f = EptViewFactory::default();
+    let (_a, b) = xos_vmm::icf::channel::ring::RingChannel::pair(
+        4096,
+        xos_vmm::icf::channel::ring::Notify::Poll,
+    )
+    .unwrap();
+    let mut s = spec("chan-c", &["chan", "serve"]);
+    s.window = Some(b.into_guest_end().unwrap());
+    let e = f.create(s).err().expect("refused");
+    assert!(matches!(e, IcfError::Unsupported { .. }), "{e}");
+    let mut big = spec("chan-c", &["chan", "serve"]);
+    big.mem_size = 64 << 20;
+    let e = f
+        .create_pair(spec("chan-c", &["chan", "call", "1", "8"]), big)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("different memory sizes"), "{e}");
+}
