@@ -127,11 +127,7 @@ impl EptViewFactory {
     /// handler. Run the callee (it parks serving) and the caller, from
     /// two threads or in either order: a call waits until its callee
     /// serves, and the callee's run ends once the caller is gone.
-    pub fn create_pair(
-        &self,
-        caller: IcSpec,
-        callee: IcSpec,
-    ) -> Result<IcPair, IcfError> {
+    pub fn create_pair(&self, caller: IcSpec, callee: IcSpec) -> Result<IcPair, IcfError> {
         Self::check(&caller)?;
         Self::check(&callee)?;
         if vmm::memory::checked_size(caller.mem_size).ok()
