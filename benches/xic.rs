@@ -33,7 +33,13 @@ fn xic(c: &mut Criterion) {
     let benches: Vec<(String, Measure)> = matrix(&Registry::builtin())
         .into_iter()
         .map(|(name, run)| (name.trim_start_matches("xic.").to_owned(), run))
-        .filter(|(name, _)| !name.contains("process") && (kvm || !name.contains("virtine")))
+        .filter(|(name, _)| {
+            !name.contains("process")
+                && (kvm
+                    || !["virtine", "vm", "ept-view"]
+                        .iter()
+                        .any(|k| name.contains(k)))
+        })
         .collect();
     let mut g = c.benchmark_group("xic");
     g.sample_size(20)

@@ -243,3 +243,20 @@ fn windows_devices_and_mixed_sizes_are_refused() {
         .expect("refused");
     assert!(e.to_string().contains("different memory sizes"), "{e}");
 }
+
+#[test]
+fn a_caller_cannot_hand_its_callee_a_dirty_direction_flag_or_mxcsr() {
+    if !kvm_available() {
+        return;
+    }
+    // The caller skips the trampoline's own scrub and switches with DF set
+    // and every SSE exception unmasked: the callee still starts clean.
+    let ((exit, out, err), (served, sout, _)) = call_pair(
+        spec("faults-c", &["faults", "view-dirty"]),
+        spec("faults-c", &["faults", "view-flags"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(out, "reply: df=0 mxcsr=1f80\n");
+    assert_eq!(served, GuestExit::Exited(0));
+    assert_eq!(sout, "serve=-32\n");
+}

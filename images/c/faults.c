@@ -37,6 +37,12 @@
  *   view-call          calls its peer once; prints "call=<result>"
  *   view-switch N      writes VIEW_SWITCH to view N from its own code
  *                      (outside the trampoline)
+ *   view-flags         serves with a handler that answers "df=D mxcsr=M"
+ *                      (its direction flag and MXCSR as it found them)
+ *   view-dirty         calls its peer with the direction flag set and
+ *                      every SSE exception unmasked, entering the
+ *                      trampoline at its switch (skipping the caller-side
+ *                      scrub); prints the reply
  *
  * A fault mode that does not fault prints "faults: MODE did not fault" to
  * stderr and exits 3. Bad usage exits 2. */
@@ -63,6 +69,76 @@ static unsigned long print_handler(unsigned long len, unsigned long cap)
     /* Any hypercall, inside the call. */
     xos_hypercall(XOS_HC_NOP, 0, 0, 0, 0, 0, 0);
     return len;
+}
+
+static unsigned long flags_handler(unsigned long len, unsigned long cap)
+{
+    size_t size;
+    char *area = xos_view_buffer(&size);
+    unsigned long flags;
+    unsigned mxcsr;
+    (void)len;
+    (void)cap;
+    __asm__ volatile("pushfq; popq %0; stmxcsr %1" : "=r"(flags), "=m"(mxcsr));
+    char text[48];
+    int n = snprintf(text, sizeof text, "df=%lu mxcsr=%x", (flags >> 10) & 1,
+                     mxcsr);
+    /* No string instructions here: they would run backwards with DF set. */
+    for (int i = 0; i < n; i++)
+        area[i] = text[i];
+    return (unsigned long)n;
+}
+
+/* The trampoline's first switch: "a3" and the doorbell address. */
+static uintptr_t call_doorbell(void)
+{
+    const unsigned char *t = (const unsigned char *)(uintptr_t)XOS_VIEW_CALL;
+    for (int i = 0; i < 0x100; i++)
+        if (t[i] == 0xa3 && t[i + 5] == 0x04 && t[i + 1] == 0 && t[i + 4] == 0)
+            return (uintptr_t)t + (uintptr_t)i;
+    return 0;
+}
+
+static uint64_t dirty_door, dirty_value;
+static unsigned dirty_mxcsr; /* every SSE exception unmasked */
+
+static long dirty_call(void)
+{
+    volatile struct xos_view_control *c =
+        (volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL;
+    dirty_door = call_doorbell();
+    if (!dirty_door)
+        return -1;
+    dirty_value = XOS_HC_VIEW_SWITCH | (unsigned)c->peer << 16;
+    unsigned saved_mxcsr;
+    long r;
+    __asm__ volatile("stmxcsr %0" : "=m"(saved_mxcsr));
+    /* What view_call does up to its switch, minus the scrub, plus a dirty
+     * direction flag and MXCSR. The trampoline's way back restores rbx,
+     * rbp and r12-r15 from this stack and returns after "call 2f". */
+    __asm__ volatile("call 2f\n\t"
+                     "jmp 3f\n"
+                     "2:\n\t"
+                     "push %%rbx; push %%rbp; push %%r12\n\t"
+                     "push %%r13; push %%r14; push %%r15\n\t"
+                     "mov %%rsp, %c[saved]\n\t"
+                     "mov %c[self], %%r12\n\t"
+                     "ldmxcsr %[mx]\n\t"
+                     "mov $1, %%edi\n\t"
+                     "mov $65536, %%esi\n\t"
+                     "mov %[value], %%eax\n\t"
+                     "std\n\t"
+                     "jmp *%[door]\n"
+                     "3:\n\t"
+                     "cld"
+                     : "=a"(r)
+                     : [saved] "i"(XOS_VIEW_CONTROL + 32),
+                       [self] "i"(XOS_VIEW_CONTROL + 0), [mx] "m"(dirty_mxcsr),
+                       [value] "m"(dirty_value), [door] "m"(dirty_door)
+                     : "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
+                       "memory", "cc");
+    __asm__ volatile("ldmxcsr %0" : : "m"(saved_mxcsr));
+    return r;
 }
 
 static unsigned long ok_handler(unsigned long len, unsigned long cap)
@@ -170,6 +246,20 @@ int main(int argc, char **argv)
             strcpy(secret, "TOPSECRET");
         long r = xos_view_serve(h);
         printf("serve=%ld\n", r);
+        return 0;
+    } else if (!strcmp(m, "view-flags")) {
+        printf("serve=%ld\n", xos_view_serve(flags_handler));
+        return 0;
+    } else if (!strcmp(m, "view-dirty")) {
+        size_t size;
+        char *area = xos_view_buffer(&size);
+        long r = dirty_call();
+        if (r > 0 && r < 48) {
+            area[r] = 0;
+            printf("reply: %s\n", area);
+        } else {
+            printf("call=%ld\n", r);
+        }
         return 0;
     } else if (!strcmp(m, "view-peek") || !strcmp(m, "view-call")) {
         char reply[16] = {0};

@@ -476,9 +476,9 @@ impl Asm {
         // pop r15, r14, r13, r12, rbp, rbx
         self.raw(&[0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b])
     }
-    /// Loads the zeroed x87/SSE image and clears the scratch registers
-    /// that are not arguments: nothing of one view's data crosses to the
-    /// other in a register.
+    /// The sending side, before a switch: loads the zeroed x87/SSE image
+    /// and clears the scratch registers that are not arguments, so that
+    /// nothing of its data crosses in a register.
     fn scrub(&mut self) -> &mut Self {
         self.abs(&[0x0f, 0xae, 0x0c, 0x25], VIEW_TRAMPOLINE + ZERO_FXSAVE)
             // xor ebx,ebx; xor ebp,ebp; xor ecx,ecx; xor edx,edx
@@ -486,6 +486,15 @@ impl Asm {
             // xor r8d..r11d, r14d, r15d
             .raw(&[0x45, 0x31, 0xc0, 0x45, 0x31, 0xc9, 0x45, 0x31, 0xd2])
             .raw(&[0x45, 0x31, 0xdb, 0x45, 0x31, 0xf6, 0x45, 0x31, 0xff])
+    }
+    /// The receiving side, on its own stack right after a switch: RFLAGS
+    /// to a known state (direction flag clear, as the C ABI requires) and
+    /// the default x87/SSE control words, whatever the other side left:
+    /// it cannot turn this side's string copies backwards or unmask its
+    /// floating-point exceptions.
+    fn sanitize(&mut self) -> &mut Self {
+        self.raw(&[0x6a, 0x02, 0x9d]) // push 2; popfq
+            .abs(&[0x0f, 0xae, 0x0c, 0x25], VIEW_TRAMPOLINE + ZERO_FXSAVE)
     }
     /// eax = VIEW_SWITCH | view << 16, the view in r12d or r13d.
     fn switch_value(&mut self, from_r13: bool) -> &mut Self {
@@ -526,8 +535,11 @@ pub fn trampoline() -> Trampoline {
         .scrub()
         .switch_value(true);
     let call_landing = a.doorbell();
-    a.raw(&[0x45, 0x31, 0xed]) // xor r13d, r13d
-        .abs(&[0x48, 0x8b, 0x24, 0x25], serve_rsp) // mov rsp, [serve_rsp]
+    // In the callee: its own stack first (the caller's rsp means nothing
+    // here and must not be written through), then sanitize.
+    a.abs(&[0x48, 0x8b, 0x24, 0x25], serve_rsp) // mov rsp, [serve_rsp]
+        .sanitize()
+        .raw(&[0x45, 0x31, 0xed]) // xor r13d, r13d
         .raw(&[0x41, 0x54]) // push r12 (the caller's view; keeps 16-byte alignment)
         .abs(&[0xff, 0x14, 0x25], handler) // call [handler]
         .raw(&[0x41, 0x5c]) // pop r12
@@ -536,9 +548,10 @@ pub fn trampoline() -> Trampoline {
         .raw(&[0x31, 0xf6, 0x45, 0x31, 0xed]) // xor esi, esi; xor r13d, r13d
         .switch_value(false);
     let return_landing = a.doorbell();
-    a.raw(&[0x48, 0x89, 0xf8]) // mov rax, rdi
+    a.abs(&[0x48, 0x8b, 0x24, 0x25], saved_rsp) // mov rsp, [saved_rsp]
+        .sanitize()
+        .raw(&[0x48, 0x89, 0xf8]) // mov rax, rdi
         .raw(&[0x31, 0xff, 0x45, 0x31, 0xe4]) // xor edi, edi; xor r12d, r12d
-        .abs(&[0x48, 0x8b, 0x24, 0x25], saved_rsp) // mov rsp, [saved_rsp]
         .pop_callee_saved()
         .raw(&[0xc3]); // ret
     let serve_at = (xos_abi::view::SERVE - VIEW_TRAMPOLINE) as usize;

@@ -698,6 +698,9 @@ fn save(machine: &mut Machine) -> Result<Saved, RunError> {
     })
 }
 
+/// RFLAGS.TF.
+const TRAP_FLAG: u64 = 1 << 8;
+
 /// The switch rules, seen by the run loop of one view's run.
 struct ViewHook<'a> {
     table: &'a mut ViewTable,
@@ -759,7 +762,11 @@ impl ViewHook<'_> {
 
 impl ExitHook for ViewHook<'_> {
     fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError> {
-        let rip = machine.exit_registers().rip;
+        let regs = machine.exit_registers();
+        let rip = regs.rip;
+        // A switch with the trap flag set would single-step the other
+        // side's first instruction (a #DB there): the switching side's doing.
+        let trapping = regs.rflags & TRAP_FLAG != 0;
         if value == nr::VIEW_SERVE {
             if let Some(callee) = self.call {
                 let how = "it called view_serve inside a call".to_string();
@@ -798,6 +805,12 @@ impl ExitHook for ViewHook<'_> {
         };
         match self.call {
             None => {
+                if trapping {
+                    return Ok(Self::protocol(
+                        machine,
+                        format!("VIEW_SWITCH to view {target} with the trap flag set"),
+                    ));
+                }
                 if rip != self.tramp.call_landing {
                     return Ok(Self::protocol(
                         machine,
@@ -825,7 +838,7 @@ impl ExitHook for ViewHook<'_> {
                 Ok(HookAction::Resume)
             }
             Some(callee) => {
-                if rip != self.tramp.return_landing || target != self.own {
+                if trapping || rip != self.tramp.return_landing || target != self.own {
                     let how = format!(
                         "it switched to view {target} from {rip:#x}, not back to its caller through the trampoline"
                     );
