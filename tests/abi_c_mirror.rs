@@ -40,7 +40,7 @@ int main(void) {
     P("window_wait", XOS_HC_WINDOW_WAIT); P("window_wake", XOS_HC_WINDOW_WAKE);
     P("epipe", -XOS_EPIPE); P("safe_point", XOS_HC_SAFE_POINT); P("view_switch", XOS_HC_VIEW_SWITCH);
     P("devices", offsetof(struct xos_boot_info, devices));
-    P("virtio_mmio", XOS_VIRTIO_MMIO); P("dev_virtio", XOS_DEVICE_VIRTIO_CHANNEL);
+    P("virtio_mmio", XOS_VIRTIO_MMIO); P("dev_virtio", XOS_DEVICE_VIRTIO_CHANNEL); P("dev_views", XOS_DEVICE_VIEWS);
     P("ring_magic", XOS_RING_MAGIC); P("ring_control", XOS_RING_CONTROL);
     P("ring_off_magic", XOS_RING_OFF_MAGIC); P("ring_off_capacity", XOS_RING_OFF_CAPACITY);
     P("ring_pid0", XOS_RING_OFF_PID(0)); P("ring_pid1", XOS_RING_OFF_PID(1));
@@ -115,6 +115,7 @@ int main(void) {
         ("devices", offset_of!(BootInfo, devices) as u64),
         ("virtio_mmio", VIRTIO_MMIO),
         ("dev_virtio", DEVICE_VIRTIO_CHANNEL),
+        ("dev_views", DEVICE_VIEWS),
         ("ring_magic", u64::from(ring::MAGIC)),
         ("ring_control", ring::CONTROL),
         ("ring_off_magic", ring::OFF_MAGIC),

@@ -31,9 +31,7 @@ fn call_pair(
     caller: IcSpec,
     callee: IcSpec,
 ) -> ((GuestExit, String, String), (GuestExit, String, String)) {
-    let (mut a, mut b) = EptViewFactory::default()
-        .create_pair(caller, callee)
-        .expect("a pair");
+    let (mut a, mut b) = EptViewFactory.create_pair(caller, callee).expect("a pair");
     let served = std::thread::spawn(move || run(&mut b));
     let called = run(&mut a);
     drop(a);
@@ -124,7 +122,7 @@ fn a_caller_that_starts_first_waits_for_its_callee() {
     if !kvm_available() {
         return;
     }
-    let (mut a, mut b) = EptViewFactory::default()
+    let (mut a, mut b) = EptViewFactory
         .create_pair(
             spec("chan-c", &["chan", "call", "50", "8"]),
             spec("chan-c", &["chan", "serve"]),
@@ -224,15 +222,15 @@ fn a_callee_that_ends_without_serving_fails_the_waiting_call() {
 }
 
 #[test]
-fn windows_devices_and_mixed_sizes_are_refused() {
-    let f = EptViewFactory::default();
+fn devices_and_mixed_sizes_are_refused() {
+    let f = EptViewFactory;
     let (_a, b) = xos_vmm::icf::channel::ring::RingChannel::pair(
         4096,
         xos_vmm::icf::channel::ring::Notify::Poll,
     )
     .unwrap();
     let mut s = spec("chan-c", &["chan", "serve"]);
-    s.window = Some(b.into_guest_end().unwrap());
+    s.virtio = Some(xos_vmm::icf::channel::virtio::VirtioChannel::new(Box::new(b)).unwrap());
     let e = f.create(s).err().expect("refused");
     assert!(matches!(e, IcfError::Unsupported { .. }), "{e}");
     let mut big = spec("chan-c", &["chan", "serve"]);
@@ -259,4 +257,120 @@ fn a_caller_cannot_hand_its_callee_a_dirty_direction_flag_or_mxcsr() {
     assert_eq!(out, "reply: df=0 mxcsr=1f80\n");
     assert_eq!(served, GuestExit::Exited(0));
     assert_eq!(sout, "serve=-32\n");
+}
+
+#[test]
+fn a_callee_that_failed_is_not_entered_again() {
+    if !kvm_available() {
+        return;
+    }
+    let ((exit, out, err), (served, _, _)) = call_pair(
+        spec("faults-c", &["faults", "view-call2"]),
+        spec("faults-c", &["faults", "view-crash-once"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(out, "first=-32 second=-32\n");
+    assert!(matches!(served, GuestExit::Faulted { .. }), "{served:?}");
+}
+
+#[test]
+fn a_caller_stopped_inside_a_call_reports_only_its_own_state() {
+    if !kvm_available() {
+        return;
+    }
+    let mut caller = spec("faults-c", &["faults", "view-call"]);
+    caller.timeout = Some(Duration::from_millis(500));
+    let ((exit, out, err), (served, sout, _)) =
+        call_pair(caller, spec("faults-c", &["faults", "view-spin"]));
+    match &exit {
+        GuestExit::TimedOut { regs, .. } => {
+            // The caller's registers (its call returning), not the
+            // callee's spinning handler.
+            assert!(
+                (0x2_2000u64..0x2_2000u64 + 4096).contains(&regs.rip),
+                "rip {:#x}",
+                regs.rip
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !out.contains("CALLEE") && !err.contains("CALLEE"),
+        "{out} {err}"
+    );
+    assert!(
+        !sout.contains("CALLEE"),
+        "the callee's buffered line: {sout}"
+    );
+    match served {
+        GuestExit::Faulted {
+            fault: Fault::ViewProtocol(how),
+            ..
+        } => assert!(how.contains("stopped during a call"), "{how}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_caller_cannot_get_its_callee_blamed() {
+    if !kvm_available() {
+        return;
+    }
+    // A caller that lies about its own view number still gets its reply,
+    // and the callee goes on.
+    let ((exit, out, err), (served, sout, _)) = call_pair(
+        spec("faults-c", &["faults", "view-liar"]),
+        spec("faults-c", &["faults", "view-secret"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(out, "call=2\n");
+    assert_eq!(served, GuestExit::Exited(0));
+    assert_eq!(sout, "serve=-32\n");
+    // A length past the message area is the caller's fault, before the
+    // callee runs.
+    let ((exit, _, _), (served, _, _)) = call_pair(
+        spec("faults-c", &["faults", "view-biglen"]),
+        spec("chan-c", &["chan", "serve"]),
+    );
+    assert!(
+        matches!(&exit, GuestExit::Faulted { fault: Fault::ViewProtocol(how), .. } if how.contains("bytes")),
+        "{exit:?}"
+    );
+    assert_eq!(served, GuestExit::Exited(0));
+}
+
+#[test]
+fn a_caller_stopped_while_waiting_does_not_harm_its_callee() {
+    if !kvm_available() {
+        return;
+    }
+    let mut caller = spec("chan-c", &["chan", "call", "5", "8"]);
+    caller.timeout = Some(Duration::from_millis(300));
+    let (mut a, mut b) = EptViewFactory
+        .create_pair(caller, spec("chan-c", &["chan", "serve"]))
+        .unwrap();
+    let (exit, _, _) = run(&mut a);
+    assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
+    drop(a);
+    // The callee starts serving only now: its caller is gone, so it ends
+    // normally.
+    let (served, _, err) = run(&mut b);
+    assert_eq!(served, GuestExit::Exited(0), "{err}");
+}
+
+#[test]
+fn a_parked_server_is_stopped_by_its_own_time_limit() {
+    if !kvm_available() {
+        return;
+    }
+    let mut server = spec("chan-c", &["chan", "serve"]);
+    server.timeout = Some(Duration::from_millis(300));
+    let (a, mut b) = EptViewFactory
+        .create_pair(spec("chan-c", &["chan", "call", "1", "8"]), server)
+        .unwrap();
+    let t = Instant::now();
+    let (exit, _, _) = run(&mut b);
+    assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(a);
 }

@@ -84,9 +84,13 @@ fn every_kind_of_ic_calls_every_other_through_a_window() {
         ("process", "virtine"),
         ("process", "process"),
         ("thread", "process"),
+        ("ept-view", "ept-view"),
+        ("ept-view", "virtine"),
+        ("process", "ept-view"),
     ] {
         call_across(a, b, Notify::Poll);
     }
+    call_across("ept-view", "thread", Notify::Futex);
 }
 
 #[test]

@@ -146,12 +146,28 @@ fn every_kind_converts_to_and_from_every_other() {
 }
 
 #[test]
+fn a_counter_moves_into_and_out_of_ept_views() {
+    if !kvm_available() {
+        return;
+    }
+    count_across(
+        &[
+            "virtine", "ept-view", "process", "ept-view", "thread", "ept-view", "vm", "ept-view",
+            "ept-view",
+        ],
+        &[10, 20, 30, 40, 50, 60, 70, 80],
+        20_000,
+        Notify::Poll,
+    );
+}
+
+#[test]
 fn mutate_needs_a_safe_point_and_a_known_kind() {
     if !kvm_available() {
         return;
     }
     let registry = registry();
-    for kind in ["virtine", "process", "thread"] {
+    for kind in ["virtine", "process", "thread", "ept-view"] {
         // Runs to its end: no safe point was requested.
         let (mut peer, end) = RingChannel::pair(4096, Notify::Poll).unwrap();
         let talker = std::thread::spawn(move || {

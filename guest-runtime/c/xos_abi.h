@@ -48,6 +48,8 @@
  * its virtio-mmio register page. */
 #define XOS_VIRTIO_MMIO 0x600000000ull
 #define XOS_DEVICE_VIRTIO_CHANNEL 1ull
+/* An ept-view IC: the view trampoline and control block are mapped. */
+#define XOS_DEVICE_VIEWS 2ull
 
 /* Ring layout inside the window (abi::ring). */
 #define XOS_RING_MAGIC 0x474e5258u /* "XRNG" little endian */

@@ -9,33 +9,28 @@
 //! is the fallback: an exit and a memory-slot switch each way. The factory
 //! says which and why in [`IsolationContextFactory::mode`].
 
+use crate::channel::ring::GuestEnd;
 use crate::error::IcfError;
-use crate::factory::{Availability, IcSpec, IsolationContext, IsolationContextFactory};
-use std::sync::{Arc, Mutex, Weak};
-use vmm::view_host::{ViewHost, ViewHostError};
+use crate::factory::{
+    Availability, IcSpec, IsolationContext, IsolationContextFactory, ProcessImage,
+};
+use std::sync::Arc;
+use vmm::pivot::EfState;
+use vmm::view_host::{ViewHost, ViewHostError, ViewSource};
 use vmm::{GuestIo, Interrupter, RunConfig, RunOutcome};
 
 /// Name of the kind.
 pub const NAME: &str = "ept-view";
 
-/// Views per VM: the ICs of one VM share its vCPU.
-const VIEWS_PER_VM: usize = vmm::view::MAX_VIEWS;
-
 /// A connected pair: the caller's IC, then the callee's.
 pub type IcPair = (Box<dyn IsolationContext>, Box<dyn IsolationContext>);
 
-/// Creates EPT-view ICs, several per VM.
-#[derive(Default)]
-pub struct EptViewFactory {
-    /// VMs with views handed out; a VM goes when its last IC does.
-    hosts: Mutex<Vec<Weak<ViewHost>>>,
-}
-
-impl std::fmt::Debug for EptViewFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EptViewFactory").finish_non_exhaustive()
-    }
-}
+/// Creates EPT-view ICs: a standalone IC is the one view of its VM, a
+/// connected pair the two views of one VM. ICs of one VM share its vCPU
+/// and run one at a time, so ICs that could wait for each other by other
+/// means (a channel window) never share one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EptViewFactory;
 
 /// Why the fallback is in use, or `None` when VMFUNC could be.
 fn why_no_vmfunc() -> String {
@@ -71,55 +66,38 @@ impl EptViewFactory {
         {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
-        if spec.window.is_some() {
-            return Err(IcfError::Unsupported {
-                icf: NAME,
-                operation: "a channel window (EPT views talk through view calls: create_pair)",
-            });
-        }
         spec.check_no_virtio(NAME)
     }
 
-    /// A VM with room for `views` more ICs of `mem_size` bytes.
-    fn host(&self, mem_size: u64, fresh: bool) -> Result<Arc<ViewHost>, IcfError> {
-        let mut hosts = self.hosts.lock().map_err(|_| IcfError::Unsupported {
-            icf: NAME,
-            operation: "create after a panic in another create",
-        })?;
-        hosts.retain(|h| h.strong_count() > 0);
-        if !fresh {
-            let wanted = vmm::memory::checked_size(mem_size).unwrap_or(mem_size);
-            if let Some(h) = hosts
-                .iter()
-                .rev()
-                .filter_map(Weak::upgrade)
-                .find(|h| h.mem_size() == wanted)
-            {
-                return Ok(h);
-            }
+    /// Puts `spec`'s IC, from its image or from a carried-over execution
+    /// flow, into a free view of `host`.
+    fn place(
+        host: &Arc<ViewHost>,
+        spec: &IcSpec,
+        state: Option<&EfState>,
+    ) -> Result<EptViewIc, IcfError> {
+        let window = spec
+            .window
+            .as_ref()
+            .map(GuestEnd::window)
+            .transpose()
+            .map_err(vmm::RunError::from)?;
+        let source = match state {
+            Some(ef) => ViewSource::State(Box::new(ef.clone())),
+            None => ViewSource::Image(spec.program.clone()),
+        };
+        let view = host
+            .add_from(source, &spec.args, &spec.env, window)
+            .map_err(vmm::RunError::from)?;
+        if let Some(end) = &spec.window {
+            end.run_starting(std::process::id());
         }
-        let host = Arc::new(ViewHost::new(VIEWS_PER_VM, mem_size, true)?);
-        hosts.push(Arc::downgrade(&host));
-        Ok(host)
+        Ok(EptViewIc::new(Arc::clone(host), view, spec.clone()))
     }
 
-    /// Adds `spec`'s IC to a VM (a new one if the last is full).
-    fn place(&self, spec: &IcSpec, host: Option<Arc<ViewHost>>) -> Result<EptViewIc, IcfError> {
-        let mut fresh = false;
-        let mut host = match host {
-            Some(h) => h,
-            None => self.host(spec.mem_size, false)?,
-        };
-        loop {
-            match host.add(&spec.program, &spec.args, &spec.env) {
-                Ok(view) => return Ok(EptViewIc::new(host, view, spec.clone())),
-                Err(ViewHostError::Full(_)) if !fresh => {
-                    fresh = true;
-                    host = self.host(spec.mem_size, true)?;
-                }
-                Err(e) => return Err(vmm::RunError::from(e).into()),
-            }
-        }
+    fn alone(spec: &IcSpec, state: Option<&EfState>) -> Result<EptViewIc, IcfError> {
+        let host = Arc::new(ViewHost::new(1, spec.mem_size, true)?);
+        Self::place(&host, spec, state)
     }
 
     /// Two ICs as views of one VM, `caller` connected to `callee`: the
@@ -139,30 +117,11 @@ impl EptViewFactory {
                     "a pair of views with different memory sizes (views of one VM have one size)",
             });
         }
-        let mut fresh = false;
-        loop {
-            let host = self.host(caller.mem_size, fresh)?;
-            let a = self.place(&caller, Some(Arc::clone(&host)))?;
-            let b = match self.place(&callee, Some(Arc::clone(&host))) {
-                Ok(b) if Arc::ptr_eq(&a.host, &b.host) => b,
-                // The VM filled up between the two: both go to a new one.
-                Ok(_) | Err(_) if !fresh => {
-                    fresh = true;
-                    continue;
-                }
-                Ok(_) => {
-                    return Err(IcfError::Unsupported {
-                        icf: NAME,
-                        operation: "a pair in one fresh VM (it has room for both)",
-                    })
-                }
-                Err(e) => return Err(e),
-            };
-            a.host
-                .connect(a.view, b.view)
-                .map_err(vmm::RunError::from)?;
-            return Ok((Box::new(a), Box::new(b)));
-        }
+        let host = Arc::new(ViewHost::new(2, caller.mem_size, true)?);
+        let a = Self::place(&host, &caller, None)?;
+        let b = Self::place(&host, &callee, None)?;
+        host.connect(a.view, b.view).map_err(vmm::RunError::from)?;
+        Ok((Box::new(a), Box::new(b)))
     }
 }
 
@@ -191,7 +150,16 @@ impl IsolationContextFactory for EptViewFactory {
 
     fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {
         Self::check(&spec)?;
-        Ok(Box::new(self.place(&spec, None)?))
+        Ok(Box::new(Self::alone(&spec, None)?))
+    }
+
+    fn convert_from_process(
+        &self,
+        image: ProcessImage,
+    ) -> Result<Box<dyn IsolationContext>, IcfError> {
+        image.validate()?;
+        Self::check(&image.spec)?;
+        Ok(Box::new(Self::alone(&image.spec, Some(&image.state))?))
     }
 }
 
@@ -199,26 +167,31 @@ impl IsolationContextFactory for EptViewFactory {
 pub struct EptViewIc {
     host: Arc<ViewHost>,
     view: usize,
+    spec: IcSpec,
     config: RunConfig,
     interrupter: Interrupter,
+    /// Its execution flow moved to another IC.
+    moved: bool,
 }
 
 impl EptViewIc {
     fn new(host: Arc<ViewHost>, view: usize, spec: IcSpec) -> Self {
         let config = RunConfig {
             mem_size: spec.mem_size,
-            args: spec.args,
-            env: spec.env,
+            args: spec.args.clone(),
+            env: spec.env.clone(),
             timeout: spec.timeout,
-            host_functions: spec.host_functions,
+            host_functions: spec.host_functions.clone(),
             output_limit: spec.output_limit,
             ..RunConfig::default()
         };
         EptViewIc {
             host,
             view,
+            spec,
             config,
             interrupter: Interrupter::new(),
+            moved: false,
         }
     }
 
@@ -231,6 +204,11 @@ impl EptViewIc {
 impl Drop for EptViewIc {
     fn drop(&mut self) {
         self.host.remove(self.view);
+        if let Some(end) = &self.spec.window {
+            if !self.moved {
+                end.run_ended();
+            }
+        }
     }
 }
 
@@ -242,7 +220,28 @@ impl IsolationContext for EptViewIc {
     fn run(&mut self, io: GuestIo) -> Result<RunOutcome, IcfError> {
         let interrupter = std::mem::take(&mut self.interrupter);
         self.interrupter = Interrupter::new();
-        Ok(self.host.run(self.view, io, &self.config, &interrupter)?)
+        let result = self.host.run(self.view, io, &self.config, &interrupter);
+        if let Some(end) = &self.spec.window {
+            match &result {
+                Ok(o) if matches!(o.exit, vmm::GuestExit::SafePoint | vmm::GuestExit::Ready) => {
+                    end.run_paused()
+                }
+                _ => end.run_ended(),
+            }
+        }
+        Ok(result?)
+    }
+
+    fn into_process_image(mut self: Box<Self>) -> Result<ProcessImage, IcfError> {
+        let state = self.host.capture(self.view).map_err(|e| match e {
+            ViewHostError::Ended { .. } => IcfError::NotAtSafePoint { icf: NAME },
+            other => IcfError::from(vmm::RunError::from(other)),
+        })?;
+        self.moved = true;
+        Ok(ProcessImage {
+            state,
+            spec: self.spec.clone(),
+        })
     }
 
     fn interrupter(&self) -> Interrupter {

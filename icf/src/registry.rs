@@ -76,11 +76,17 @@ impl Registry {
         };
         let _ = r.register(Arc::new(process));
         let _ = r.register(Arc::new(crate::thread::ThreadFactory));
-        let _ = r.register(Arc::new(crate::ept_view::EptViewFactory::default()));
+        let _ = r.register(Arc::new(crate::ept_view::EptViewFactory));
         // EPT views: a connected pair calls through the trampoline; a view
         // calls host functions like any VM.
         r.register_com("ept-view", "ept-view", ComMechanism::ViewCall);
         r.register_com("ept-view", "host", ComMechanism::HypercallRelay);
+        // An EPT view maps a channel window like any VM (at a
+        // guest-physical address of its own).
+        for other in ["ept-view", "virtine", "vm", "thread", "process", "host"] {
+            r.register_com("ept-view", other, ComMechanism::ShmRingPoll);
+            r.register_com("ept-view", other, ComMechanism::ShmRingFutex);
+        }
         // A process IC's hypercalls are served inside its own process: the
         // embedder's host functions are not reachable from it (yet).
         for kind in ["virtine", "vm", "thread"] {

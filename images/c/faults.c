@@ -37,6 +37,14 @@
  *   view-call          calls its peer once; prints "call=<result>"
  *   view-switch N      writes VIEW_SWITCH to view N from its own code
  *                      (outside the trampoline)
+ *   view-crash-once    serves with a handler that crashes on its first
+ *                      call and answers "ALIVE" after
+ *   view-spin          serves with a handler that buffers a line of
+ *                      output ("CALLEE-SECRET") and spins forever
+ *   view-call2         calls its peer twice; prints "first=A second=B"
+ *   view-liar          writes another view number into its own control
+ *                      block, then calls; prints "call=<result>"
+ *   view-biglen        enters the trampoline with a 1 MiB length
  *   view-flags         serves with a handler that answers "df=D mxcsr=M"
  *                      (its direction flag and MXCSR as it found them)
  *   view-dirty         calls its peer with the direction flag set and
@@ -69,6 +77,29 @@ static unsigned long print_handler(unsigned long len, unsigned long cap)
     /* Any hypercall, inside the call. */
     xos_hypercall(XOS_HC_NOP, 0, 0, 0, 0, 0, 0);
     return len;
+}
+
+static unsigned long crash_once_handler(unsigned long len, unsigned long cap)
+{
+    static int calls;
+    size_t size;
+    char *area = xos_view_buffer(&size);
+    (void)len;
+    (void)cap;
+    if (calls++ == 0)
+        return (unsigned long)*(volatile int *)0;
+    memcpy(area, "ALIVE", 5);
+    return 5;
+}
+
+static unsigned long spin_handler(unsigned long len, unsigned long cap)
+{
+    (void)len;
+    (void)cap;
+    printf("CALLEE-SECRET\n"); /* buffered in this view's memory */
+    while (sink >= 0)
+        sink = (sink + 1) & 0x7fffffff;
+    return 0;
 }
 
 static unsigned long flags_handler(unsigned long len, unsigned long cap)
@@ -246,6 +277,27 @@ int main(int argc, char **argv)
             strcpy(secret, "TOPSECRET");
         long r = xos_view_serve(h);
         printf("serve=%ld\n", r);
+        return 0;
+    } else if (!strcmp(m, "view-crash-once") || !strcmp(m, "view-spin")) {
+        long r = xos_view_serve(m[5] == 'c' ? crash_once_handler : spin_handler);
+        printf("serve=%ld\n", r);
+        return 0;
+    } else if (!strcmp(m, "view-call2")) {
+        char reply[16] = {0};
+        long a = xos_view_call("x", 1, reply, sizeof reply - 1);
+        long b = xos_view_call("x", 1, reply, sizeof reply - 1);
+        printf("first=%ld second=%ld\n", a, b);
+        return 0;
+    } else if (!strcmp(m, "view-liar")) {
+        ((volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL)
+            ->this_view = 3;
+        char reply[16] = {0};
+        printf("call=%ld\n", xos_view_call("x", 1, reply, sizeof reply - 1));
+        return 0;
+    } else if (!strcmp(m, "view-biglen")) {
+        long (*call)(unsigned long, unsigned long) =
+            (long (*)(unsigned long, unsigned long))(uintptr_t)XOS_VIEW_CALL;
+        printf("call=%ld\n", call(1ul << 20, 1ul << 20));
         return 0;
     } else if (!strcmp(m, "view-flags")) {
         printf("serve=%ld\n", xos_view_serve(flags_handler));

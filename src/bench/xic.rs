@@ -370,7 +370,7 @@ pub fn measure_view_call(bytes: usize, samples: usize) -> anyhow::Result<Vec<u64
         VIEW_BATCH.to_string().into_bytes(),
     ];
     caller.timeout = timeout;
-    let factory = icf::ept_view::EptViewFactory::default();
+    let factory = icf::ept_view::EptViewFactory;
     let (mut caller_ic, mut callee_ic) = factory
         .create_pair(caller, callee)
         .context("xic: cannot create a pair of ept-view ICs")?;

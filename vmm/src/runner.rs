@@ -63,6 +63,9 @@ pub enum RunError {
     /// A long-lived VM cannot run.
     #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
+    /// A VM with EPT views cannot do what was asked.
+    #[error(transparent)]
+    View(#[from] crate::view_host::ViewHostError),
     /// The kick signal could not be installed.
     #[error(transparent)]
     Interrupt(#[from] InterruptError),
@@ -555,6 +558,9 @@ pub(crate) trait ExitHook {
     /// The guest faulted (exception, bad access, triple fault). `true`
     /// when the hook recovered and the guest goes on.
     fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<bool, RunError>;
+    /// The run is being stopped (time limit, kill), before its end is
+    /// reported.
+    fn interrupted(&mut self, machine: &mut Machine) -> Result<(), RunError>;
 }
 
 struct NoHook;
@@ -565,6 +571,9 @@ impl ExitHook for NoHook {
     }
     fn fault(&mut self, _: &mut Machine, _: &GuestExit) -> Result<bool, RunError> {
         Ok(false)
+    }
+    fn interrupted(&mut self, _: &mut Machine) -> Result<(), RunError> {
+        Ok(())
     }
 }
 
@@ -623,6 +632,7 @@ pub(crate) fn run_loop_hooked(
                 HookAction::Pass => match hypercalls.handle(machine.memory(), number) {
                     // Host I/O interrupted because the run is being stopped.
                     Err(_) if interrupter.reason() != StopReason::None => {
+                        hook.interrupted(machine)?;
                         return Ok((stopped(machine, hypercalls, interrupter, options), exits));
                     }
                     Err(e) => return Err(e.into()),
@@ -664,7 +674,10 @@ pub(crate) fn run_loop_hooked(
             }
             Step::InternalError => {
                 let suberror = machine.internal_suberror();
-                return Ok((faulted(machine, Fault::InternalError { suberror }), exits));
+                let exit = faulted(machine, Fault::InternalError { suberror });
+                if !hook.fault(machine, &exit)? {
+                    return Ok((exit, exits));
+                }
             }
             Step::Fault(fault) => {
                 let exit = faulted(machine, fault);
@@ -679,6 +692,7 @@ pub(crate) fn run_loop_hooked(
                 // sets the flag again and is seen at the next KVM_RUN.
                 machine.clear_immediate_exit();
                 if interrupter.reason() != StopReason::None {
+                    hook.interrupted(machine)?;
                     return Ok((stopped(machine, hypercalls, interrupter, options), exits));
                 }
             }

@@ -39,6 +39,10 @@ pub const MAX_VIEWS: usize = 16;
 /// connected pair), above any guest memory.
 pub const MSG_GPA: u64 = 0x7_0000_0000;
 
+/// Guest-physical address of view 0's channel window (view `k`'s is
+/// `k * xos_abi::MAX_WINDOW_SIZE` above).
+pub const WINDOW_GPA: u64 = 0x8_0000_0000;
+
 /// KVM memory slot of the message areas (slot 0 is the active view).
 const MSG_SLOT: u32 = 1;
 
@@ -92,6 +96,8 @@ pub struct ViewTable {
     calls: Vec<Option<usize>>,
     serves: Vec<Option<usize>>,
     pairs: usize,
+    /// Per view: whether it has a channel window.
+    windows: Vec<bool>,
     /// The message areas (kept for the lifetime of the VM's slot 1).
     _messages: Arc<GuestRegionMmap>,
 }
@@ -167,11 +173,14 @@ impl ViewMachine {
                 calls: vec![None; count],
                 serves: vec![None; count],
                 pairs: 0,
+                windows: vec![false; count],
                 _messages: messages,
             },
         };
         let page = trampoline().page;
         for view in 0..count {
+            arch::paging::map_view_pages(vm.view(view)?)
+                .map_err(|e| ViewError::Machine(MachineError::from(e)))?;
             vm.write(view, VIEW_TRAMPOLINE, &page)?;
             vm.write_control(
                 view,
@@ -238,6 +247,59 @@ impl ViewMachine {
             })
     }
 
+    /// Maps `window` (one side of a ring channel) into view `view` at
+    /// `xos_abi::WINDOW`, as the channel window of a VM is mapped: KVM sees
+    /// it at a guest-physical address of this view's own (slot `2 +
+    /// view`), which only this view's page tables reach; the monitor's
+    /// memory object of the view has it at `WINDOW`, where the guest sees
+    /// it and where the window hypercalls look for it.
+    pub fn attach_window(
+        &mut self,
+        view: usize,
+        window: &crate::window::SharedWindow,
+        region: Arc<GuestRegionMmap>,
+    ) -> Result<(), ViewError> {
+        if self.table.calls[view].is_some() || self.table.serves[view].is_some() {
+            return Err(ViewError::AlreadyConnected {
+                view,
+                what: "its message area is where a channel window would go",
+            });
+        }
+        let gpa = WINDOW_GPA + view as u64 * xos_abi::MAX_WINDOW_SIZE;
+        let mem = self.view(view)?.clone();
+        crate::layout::write_window_info(&mem, &window.info())
+            .map_err(|e| ViewError::MessageArea(e.to_string()))?;
+        let mem = mem.insert_region(region).map_err(area_error)?;
+        arch::paging::write_window_at(&mem, window.size(), gpa)
+            .map_err(|e| ViewError::Machine(MachineError::from(e)))?;
+        let region = mem
+            .find_region(GuestAddress(xos_abi::WINDOW))
+            .ok_or_else(|| area_error("the window's region is missing"))?;
+        let slot = kvm_userspace_memory_region {
+            slot: 2 + view as u32,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the range is the window's mapping, held by the view's
+        // memory object, which the view table drops after the machine.
+        unsafe { self.machine.vm().set_user_memory_region(slot) }.map_err(|source| {
+            ViewError::Machine(MachineError::Ioctl {
+                op: "KVM_SET_USER_MEMORY_REGION (channel window)",
+                source,
+            })
+        })?;
+        let mut mem = mem;
+        if view == self.table.active {
+            self.machine.swap_memory(&mut mem);
+        } else {
+            self.table.inactive[view] = Some(mem);
+        }
+        self.table.windows[view] = true;
+        Ok(())
+    }
+
     /// Lets view `caller` call view `callee` (each side once): a fresh
     /// message area mapped at `xos_abi::WINDOW` in both, and both control
     /// blocks filled in.
@@ -262,6 +324,14 @@ impl ViewMachine {
                 view: callee,
                 what: "it already has a peer",
             });
+        }
+        for view in [caller, callee] {
+            if self.table.windows[view] {
+                return Err(ViewError::AlreadyConnected {
+                    view,
+                    what: "it has a channel window where the message area would go",
+                });
+            }
         }
         if self.table.pairs >= MAX_VIEWS {
             return Err(area_error("all message areas are in use"));

@@ -20,19 +20,21 @@
 use crate::arch::cpu::Privilege;
 use crate::exit::{Fault, GuestExit, GuestRegs, RunStats};
 use crate::hypercall::Hypercalls;
-use crate::interrupt::{install_handler, Interrupter};
+use crate::interrupt::{install_handler, Interrupter, StopReason};
 use crate::io::{GuestInput, GuestIo};
 use crate::layout::{BootSetup, GuestLayout};
 use crate::loader::Program;
 use crate::machine::{Machine, MachineError};
+use crate::pivot::EfState;
 use crate::runner::{
     run_loop_hooked, wait_for_result, ExitHook, HookAction, LoopControl, RunConfig, RunError,
     RunOutcome,
 };
 use crate::view::{switch_target, trampoline, Trampoline, ViewError, ViewMachine, ViewTable};
-use std::sync::mpsc;
+use crate::window::SharedWindow;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestRegionMmap};
 use xos_abi::layout::{BOOT_INFO, STACK_TOP, VIEW_CONTROL};
 use xos_abi::{err, nr, ViewControl};
 
@@ -56,18 +58,12 @@ pub enum ViewHostError {
     /// The view is running or parked already.
     #[error("view {0} is already running (one run at a time per IC)")]
     Busy(usize),
+    /// Views are connected before their first run.
+    #[error("view {0} has run already; connect views before they run")]
+    Started(usize),
     /// The VM's thread is gone.
     #[error("the views' vCPU thread is gone (it panicked: a bug in xos-vmm or a host function)")]
     ThreadLost,
-}
-
-impl From<ViewHostError> for RunError {
-    fn from(e: ViewHostError) -> RunError {
-        match e {
-            ViewHostError::ThreadLost => RunError::VcpuThreadLost,
-            other => RunError::Vm(crate::vm::VmError::Ended(other.to_string())),
-        }
-    }
 }
 
 /// A view's saved vCPU state.
@@ -93,6 +89,9 @@ enum State {
     Loaded { entry: u64 },
     /// Stopped between runs (at its ready point or a safe point).
     Stopped(Box<Saved>),
+    /// Carried over from another IC, never run here (its `SAFE_POINT`
+    /// already answered in memory).
+    Restored(Box<Saved>),
     /// Serving: parked in `view_serve`, its run still open.
     Parked(Box<Saved>, PendingRun),
     /// In a run that called a peer which is not serving yet.
@@ -104,14 +103,30 @@ enum State {
 struct Slot {
     state: State,
     layout: Option<GuestLayout>,
+    /// The view's channel window, for the window hypercalls.
+    window: Option<SharedWindow>,
+}
+
+/// What a view starts from.
+pub enum ViewSource {
+    /// An image, from its entry point.
+    Image(Program),
+    /// An execution flow stopped at a safe point in another IC: its
+    /// pending `SAFE_POINT` answers 1.
+    State(Box<EfState>),
 }
 
 enum Request {
     Add {
-        program: Program,
+        source: ViewSource,
         args: Vec<Vec<u8>>,
         env: Vec<Vec<u8>>,
+        window: Option<(SharedWindow, Arc<GuestRegionMmap>)>,
         reply: mpsc::SyncSender<Result<usize, ViewHostError>>,
+    },
+    Capture {
+        view: usize,
+        reply: mpsc::SyncSender<Result<EfState, ViewHostError>>,
     },
     Connect {
         caller: usize,
@@ -203,13 +218,45 @@ impl ViewHost {
         args: &[Vec<u8>],
         env: &[Vec<u8>],
     ) -> Result<usize, ViewHostError> {
+        self.add_from(ViewSource::Image(program.clone()), args, env, None)
+    }
+
+    /// Puts `source` into a free view, with `window` (one side of a ring
+    /// channel) as its channel window; returns the view's number.
+    pub fn add_from(
+        &self,
+        source: ViewSource,
+        args: &[Vec<u8>],
+        env: &[Vec<u8>],
+        window: Option<SharedWindow>,
+    ) -> Result<usize, ViewHostError> {
+        // Mapped here: the vCPU thread's filter forbids dup and mmap of a
+        // file.
+        let window = match window {
+            Some(w) => {
+                let region = w
+                    .region()
+                    .map_err(|e| ViewHostError::View(ViewError::MessageArea(e.to_string())))?;
+                Some((w, region))
+            }
+            None => None,
+        };
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Request::Add {
-            program: program.clone(),
+            source,
             args: args.to_vec(),
             env: env.to_vec(),
+            window,
             reply,
         })?;
+        answer.recv().map_err(|_| ViewHostError::ThreadLost)?
+    }
+
+    /// The execution flow of view `view`, stopped at a safe point, for
+    /// another IC to continue (`mutate`); the view ends.
+    pub fn capture(&self, view: usize) -> Result<EfState, ViewHostError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::Capture { view, reply })?;
         answer.recv().map_err(|_| ViewHostError::ThreadLost)?
     }
 
@@ -287,6 +334,7 @@ impl Host {
             .map(|_| Slot {
                 state: State::Free,
                 layout: None,
+                window: None,
             })
             .collect();
         Host {
@@ -297,22 +345,51 @@ impl Host {
     }
 
     fn serve(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(request) = requests.recv() {
+        loop {
+            let request = match requests.recv_timeout(SETTLE_PERIOD) {
+                Ok(request) => request,
+                // Now and then: a parked or waiting run may have been
+                // stopped by its owner.
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.settle();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match request {
                 Request::Add {
-                    program,
+                    source,
                     args,
                     env,
+                    window,
                     reply,
                 } => {
-                    let _ = reply.send(self.add(&program, &args, &env));
+                    let _ = reply.send(self.add(source, &args, &env, window));
+                }
+                Request::Capture { view, reply } => {
+                    let _ = reply.send(self.capture(view));
                 }
                 Request::Connect {
                     caller,
                     callee,
                     reply,
                 } => {
-                    let _ = reply.send(self.vm.connect(caller, callee).map_err(Into::into));
+                    let fresh = |v: usize| {
+                        matches!(
+                            self.slots.get(v).map(|s| &s.state),
+                            Some(State::Loaded { .. })
+                        )
+                    };
+                    let result = if fresh(caller) && fresh(callee) {
+                        self.vm.connect(caller, callee).map_err(Into::into)
+                    } else {
+                        Err(ViewHostError::Started(if fresh(caller) {
+                            callee
+                        } else {
+                            caller
+                        }))
+                    };
+                    let _ = reply.send(result);
                 }
                 Request::Run(view, run) => self.start(view, run),
                 Request::Remove(view) => self.remove(view),
@@ -327,9 +404,10 @@ impl Host {
 
     fn add(
         &mut self,
-        program: &Program,
+        source: ViewSource,
         args: &[Vec<u8>],
         env: &[Vec<u8>],
+        window: Option<(SharedWindow, Arc<GuestRegionMmap>)>,
     ) -> Result<usize, ViewHostError> {
         let view = self
             .slots
@@ -337,22 +415,76 @@ impl Host {
             .position(|s| matches!(s.state, State::Free))
             .ok_or(ViewHostError::Full(self.slots.len()))?;
         let mem_size = self.vm.machine().mem_size();
-        let mem = self.vm.view(view)?;
-        let setup = BootSetup { program, args, env };
-        let layout =
-            GuestLayout::prepare(mem, mem_size, true, &setup, &mut NothingYet).map_err(|e| {
-                ViewHostError::Ended {
-                    view,
-                    how: format!("its image could not be loaded: {e}"),
+        let failed = |how: String| ViewHostError::Ended { view, how };
+        let (layout, state) = {
+            let mem = self.vm.view(view)?;
+            match &source {
+                ViewSource::Image(program) => {
+                    let setup = BootSetup { program, args, env };
+                    let layout = GuestLayout::prepare(mem, mem_size, true, &setup, &mut NothingYet)
+                        .map_err(|e| failed(format!("its image could not be loaded: {e}")))?;
+                    (
+                        layout,
+                        State::Loaded {
+                            entry: program.entry(),
+                        },
+                    )
                 }
-            })?;
+                ViewSource::State(ef) => {
+                    if ef.mem_size != mem_size {
+                        return Err(failed(format!(
+                            "its state has {} bytes of memory, this VM's views {mem_size}",
+                            ef.mem_size
+                        )));
+                    }
+                    ef.restore_into(mem)
+                        .map_err(|e| failed(format!("its state could not be restored: {e}")))?;
+                    let layout = GuestLayout::read(mem, mem_size)
+                        .map_err(|e| failed(format!("its state has no usable layout: {e}")))?;
+                    (layout, State::Restored(Box::new(saved_from(&ef.regs))))
+                }
+            }
+        };
+        crate::layout::write_devices(self.vm.view(view)?, xos_abi::DEVICE_VIEWS).map_err(|e| {
+            ViewHostError::Ended {
+                view,
+                how: format!("its boot information could not be written: {e}"),
+            }
+        })?;
+        let window = match window {
+            Some((w, region)) => {
+                self.vm.attach_window(view, &w, region)?;
+                Some(w)
+            }
+            None => None,
+        };
         self.slots[view] = Slot {
-            state: State::Loaded {
-                entry: program.entry(),
-            },
+            state,
             layout: Some(layout),
+            window,
         };
         Ok(view)
+    }
+
+    fn capture(&mut self, view: usize) -> Result<EfState, ViewHostError> {
+        let regs = match self.slots.get(view).map(|s| &s.state) {
+            Some(State::Stopped(saved)) => GuestRegs::from_kvm(&saved.regs, &saved.sregs),
+            _ => {
+                return Err(ViewHostError::Ended {
+                    view,
+                    how: "it is not stopped at a safe point".into(),
+                })
+            }
+        };
+        let mem_size = self.vm.machine().mem_size();
+        let state = EfState::capture(self.vm.view(view)?, mem_size, regs).map_err(|e| {
+            ViewHostError::Ended {
+                view,
+                how: format!("its state could not be captured: {e}"),
+            }
+        })?;
+        self.slots[view].state = State::Ended("moved to another IC".into());
+        Ok(state)
     }
 
     fn remove(&mut self, view: usize) {
@@ -391,7 +523,47 @@ impl Host {
     /// After any change: callers waiting for a peer that now serves go
     /// on; waiting callers whose peer is gone get `EPIPE`; servers whose
     /// caller is gone resume to their end.
+    /// Whether the run of a parked or waiting view was asked to stop.
+    fn stop_requested(&self, view: usize) -> bool {
+        match self.slots.get(view).map(|s| &s.state) {
+            Some(State::Parked(_, run) | State::WaitingForPeer(_, run, _)) => {
+                run.interrupter.reason() != StopReason::None
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a parked or waiting run whose owner stopped it (its time limit
+    /// or a kill): it does not go on, and its peer's calls fail.
+    fn end_stopped(&mut self, view: usize) {
+        let state = std::mem::replace(
+            &mut self.slots[view].state,
+            State::Ended("stopped while serving or waiting for its peer".into()),
+        );
+        if let State::Parked(saved, run) | State::WaitingForPeer(saved, run, _) = state {
+            let exit = match run.interrupter.reason() {
+                StopReason::Kill => GuestExit::Killed,
+                _ => GuestExit::TimedOut {
+                    limit: run.config.timeout.unwrap_or_default(),
+                    regs: Box::new(GuestRegs::from_kvm(&saved.regs, &saved.sregs)),
+                },
+            };
+            let _ = run.reply.send(Ok(RunOutcome {
+                exit,
+                stats: RunStats::default(),
+                guest_time: std::time::Duration::ZERO,
+                snapshot: None,
+                pivot: None,
+            }));
+        }
+    }
+
     fn settle(&mut self) {
+        for view in 0..self.slots.len() {
+            if self.stop_requested(view) {
+                self.end_stopped(view);
+            }
+        }
         loop {
             let mut progressed = false;
             for view in 0..self.slots.len() {
@@ -451,6 +623,7 @@ impl Host {
                 self.run(view, run, None);
             }
             State::Stopped(saved) => self.resume(view, *saved, run, Resume::Continue),
+            State::Restored(saved) => self.resume(view, *saved, run, Resume::Restored),
             State::Ended(how) => {
                 self.slots[view].state = State::Ended(how.clone());
                 let _ = run
@@ -483,13 +656,18 @@ impl Host {
                 saved.regs.rip = self.tramp.return_landing;
                 saved.regs.rdi = err::EPIPE as u64;
             }
-            Resume::ServeEnded => {}
+            Resume::ServeEnded | Resume::Restored => {}
         }
         let (machine, table) = self.vm.parts();
         let loaded = (|| -> Result<(), RunError> {
             table
                 .switch(machine, view)
                 .map_err(|e| RunError::from(ViewHostError::View(e)))?;
+            if matches!(how, Resume::Restored) {
+                // Segment state as for any entry at CPL3, on this vCPU's base.
+                saved.sregs =
+                    crate::arch::cpu::initial_sregs(&machine.kvm_registers()?.1, Privilege::User);
+            }
             if matches!(how, Resume::ServeEnded) {
                 write_ret(machine, err::EPIPE)?;
             } else if matches!(how, Resume::Continue) {
@@ -515,7 +693,9 @@ impl Host {
     /// peer's when `in_call`) until its run stops, and records where it
     /// stopped.
     fn run(&mut self, view: usize, run: PendingRun, in_call: Option<usize>) {
-        let parked: Vec<bool> = (0..self.slots.len()).map(|v| self.is_parked(v)).collect();
+        let parked: Vec<bool> = (0..self.slots.len())
+            .map(|v| self.is_parked(v) && !self.stop_requested(v))
+            .collect();
         let Some(layout) = self.slots[view].layout else {
             let _ = run.reply.send(Err(ViewHostError::Ended {
                 view,
@@ -531,7 +711,8 @@ impl Host {
             reply,
         } = run;
         let mut hypercalls = Hypercalls::new(layout, io, config.host_functions.clone())
-            .with_output_limit(config.output_limit);
+            .with_output_limit(config.output_limit)
+            .with_window(self.slots[view].window.clone());
         let mut options = LoopControl {
             timeout: config.timeout,
             stop_at_ready: false,
@@ -543,7 +724,7 @@ impl Host {
             table,
             tramp: &self.tramp,
             own: view,
-            parked: &parked,
+            parked,
             call: in_call,
             serving: false,
             waiting_for: None,
@@ -653,6 +834,8 @@ enum Resume {
     CallFailed,
     /// Its service is over: `view_serve` returns `EPIPE`.
     ServeEnded,
+    /// Carried over from another IC: its memory already holds the answer.
+    Restored,
 }
 
 fn load_fresh(
@@ -671,6 +854,22 @@ fn load_fresh(
         &[],
     )?;
     Ok(())
+}
+
+/// The vCPU state that continues an execution flow with `regs` at CPL3.
+fn saved_from(regs: &GuestRegs) -> Saved {
+    let g = regs.gpr;
+    let mut k = crate::arch::cpu::initial_regs(regs.rip, regs.rsp, 0);
+    (k.rax, k.rbx, k.rcx, k.rdx, k.rsi, k.rdi, k.rbp) = (g[0], g[1], g[2], g[3], g[4], g[5], g[6]);
+    (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
+        (g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14]);
+    k.rflags = crate::pivot::user_rflags(regs.rflags);
+    Saved {
+        regs: k,
+        // Replaced at resume, on the vCPU's own base (`Resume::Restored`).
+        sregs: kvm_bindings::kvm_sregs::default(),
+        xsave: clean_xsave(),
+    }
 }
 
 fn write_ret(machine: &Machine, value: i64) -> Result<(), RunError> {
@@ -698,6 +897,10 @@ fn save(machine: &mut Machine) -> Result<Saved, RunError> {
     })
 }
 
+/// How often the vCPU thread looks at parked and waiting runs when no
+/// request comes (a stop of one of them is seen within this).
+const SETTLE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// RFLAGS.TF.
 const TRAP_FLAG: u64 = 1 << 8;
 
@@ -707,8 +910,8 @@ struct ViewHook<'a> {
     tramp: &'a Trampoline,
     /// The view whose run this is.
     own: usize,
-    /// Which views were parked (serving) when the run began.
-    parked: &'a [bool],
+    /// Which views serve: parked when the run began, and not failed since.
+    parked: Vec<bool>,
     /// The callee while a call is in progress.
     call: Option<usize>,
     /// The run parked in `view_serve`.
@@ -738,24 +941,20 @@ impl ViewHook<'_> {
         how: String,
     ) -> Result<(), RunError> {
         self.failed.push((callee, how));
+        if let Some(p) = self.parked.get_mut(callee) {
+            *p = false;
+        }
         self.call = None;
         self.table
             .switch(machine, self.own)
             .map_err(|e| RunError::from(ViewHostError::View(e)))?;
-        let regs = GuestRegs {
-            rip: self.tramp.return_landing,
-            rsp: STACK_TOP,
-            rflags: 0x202,
-            gpr: {
-                let mut g = [0u64; 15];
-                g[5] = err::EPIPE as u64; // rdi: the call's result
-                g
-            },
-            ..GuestRegs::default()
-        };
-        machine.set_user_registers(&regs);
-        // Nothing of the callee's vector registers reaches the caller.
-        machine.set_xsave(&clean_xsave().region)?;
+
+        let mut regs = crate::arch::cpu::initial_regs(self.tramp.return_landing, STACK_TOP, 0);
+        regs.rdi = err::EPIPE as u64; // the call's result
+                                      // Loaded now (ioctls), not with the next entry: a run stopped here
+                                      // reports these, the caller's, not the callee's.
+        let sregs = crate::arch::cpu::initial_sregs(&machine.kvm_registers()?.1, Privilege::User);
+        machine.set_state(&regs, &sregs, &clean_xsave(), &[])?;
         Ok(())
     }
 }
@@ -817,6 +1016,17 @@ impl ExitHook for ViewHook<'_> {
                         format!("VIEW_SWITCH to view {target} from outside the trampoline's call"),
                     ));
                 }
+                if regs.rdi > xos_abi::view::MSG_SIZE || regs.rsi > xos_abi::view::MSG_SIZE {
+                    return Ok(Self::protocol(
+                        machine,
+                        format!(
+                            "a call of {} bytes (room {}) into a {}-byte message area",
+                            regs.rdi,
+                            regs.rsi,
+                            xos_abi::view::MSG_SIZE
+                        ),
+                    ));
+                }
                 if self.table.peer_of(self.own) != Some(target) {
                     return Ok(Self::protocol(
                         machine,
@@ -838,7 +1048,10 @@ impl ExitHook for ViewHook<'_> {
                 Ok(HookAction::Resume)
             }
             Some(callee) => {
-                if trapping || rip != self.tramp.return_landing || target != self.own {
+                // The way back goes to the caller whatever view number the
+                // register holds (the caller could have planted another in
+                // its control block to get its callee blamed).
+                if trapping || rip != self.tramp.return_landing {
                     let how = format!(
                         "it switched to view {target} from {rip:#x}, not back to its caller through the trampoline"
                     );
@@ -860,5 +1073,16 @@ impl ExitHook for ViewHook<'_> {
         };
         self.abandon_call(machine, callee, format!("it failed inside a call: {fault}"))?;
         Ok(true)
+    }
+
+    fn interrupted(&mut self, machine: &mut Machine) -> Result<(), RunError> {
+        // Back in the caller's view with the caller's registers (its call
+        // returning EPIPE) before the run's end is reported: what the
+        // caller's owner sees is the caller's, never the callee's.
+        if let Some(callee) = self.call {
+            let how = "its caller's run was stopped during a call".to_string();
+            self.abandon_call(machine, callee, how)?;
+        }
+        Ok(())
     }
 }

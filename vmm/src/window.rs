@@ -136,6 +136,21 @@ impl SharedWindow {
     /// (registered as its own KVM memory slot) and mapped by the page
     /// tables.
     pub fn add_to_vm_memory(&self, mem: GuestMemoryMmap) -> Result<GuestMemoryMmap, WindowError> {
+        let region = self.region()?;
+        crate::arch::paging::write_window(&mem, self.size).map_err(|e| WindowError::Io {
+            what: "write the page tables of",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        mem.insert_region(region).map_err(|e| WindowError::Io {
+            what: "add guest memory for",
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// The window mapped in this process, as a guest memory region at
+    /// `WINDOW` (a dup of the memfd and an mmap: do it before a seccomp
+    /// filter forbids them).
+    pub fn region(&self) -> Result<Arc<GuestRegionMmap>, WindowError> {
         let dup = self.file.try_clone().map_err(|source| WindowError::Io {
             what: "dup",
             source,
@@ -152,15 +167,7 @@ impl SharedWindow {
                 what: "place",
                 source: std::io::Error::other("the window overflows the guest address space"),
             })?;
-        crate::arch::paging::write_window(&mem, self.size).map_err(|e| WindowError::Io {
-            what: "write the page tables of",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        mem.insert_region(Arc::new(region))
-            .map_err(|e| WindowError::Io {
-                what: "add guest memory for",
-                source: std::io::Error::other(e.to_string()),
-            })
+        Ok(Arc::new(region))
     }
 
     /// Maps the window at `WINDOW` in this process (for ICs whose guest

@@ -43,6 +43,9 @@ pub const WINDOW: u64 = 0x5_0000_0000;
 pub const VIRTIO_MMIO: u64 = 0x6_0000_0000;
 /// [`BootInfo::devices`]: a virtio channel device is at [`VIRTIO_MMIO`].
 pub const DEVICE_VIRTIO_CHANNEL: u64 = 1;
+/// [`BootInfo::devices`] bit of an `ept-view` IC: the view trampoline and
+/// control block are mapped ([`view`]); elsewhere those pages are not.
+pub const DEVICE_VIEWS: u64 = 2;
 
 /// Largest channel window (the monitor maps it with one page table).
 pub const MAX_WINDOW_SIZE: u64 = 2 << 20;
@@ -70,10 +73,11 @@ pub mod layout {
     pub const RESUME_PAGE: u64 = 0x2_1000;
     /// The EPT-view trampoline page: the same code in every view of a VM
     /// with views (the `ept-view` ICF), readable and executable by the
-    /// guest, not writable; see [`crate::view`]. Mapped (zero) elsewhere.
+    /// guest, not writable; see [`crate::view`]. Not mapped elsewhere
+    /// ([`crate::DEVICE_VIEWS`] says which).
     pub const VIEW_TRAMPOLINE: u64 = 0x2_2000;
-    /// The view's control block ([`crate::view::ViewControl`], user
-    /// read/write): each view has its own at this address.
+    /// The view's control block ([`crate::ViewControl`], user read/write):
+    /// each view has its own at this address (views only).
     pub const VIEW_CONTROL: u64 = 0x2_3000;
     /// Unmapped page below the stack: a stack overflow faults here.
     pub const STACK_GUARD: u64 = 0x3_0000;

@@ -9,10 +9,12 @@ static volatile struct xos_view_control *control(void)
     return (volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL;
 }
 
-/* The control block is meaningful only in a VM with views: there the
- * monitor sets msg_size; elsewhere the page is zero. */
+/* The control block exists only in a VM with views (BootInfo.devices);
+ * elsewhere its page is not mapped. */
 int xos_view_role(void)
 {
+    if (!(xos_boot_info()->devices & XOS_DEVICE_VIEWS))
+        return 0;
     volatile struct xos_view_control *c = control();
     if (c->msg_size == 0 || c->msg_addr == 0)
         return 0;

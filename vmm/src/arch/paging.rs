@@ -41,8 +41,6 @@ pub fn low_page(addr: u64) -> LowPage {
         a if a < layout::SYSTEM_END => LowPage::Supervisor,
         a if a < layout::BOOT_INFO + layout::PAGE_SIZE => LowPage::User,
         a if a < layout::RESUME_PAGE + layout::PAGE_SIZE => LowPage::UserReadOnly,
-        a if a < layout::VIEW_TRAMPOLINE + layout::PAGE_SIZE => LowPage::UserReadOnly,
-        a if a < layout::VIEW_CONTROL + layout::PAGE_SIZE => LowPage::User,
         a if a < layout::STACK_BOTTOM => LowPage::Unmapped,
         _ => LowPage::User,
     }
@@ -100,6 +98,21 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
         write_table(mem, system::PD_BASE + pd_index * layout::PAGE_SIZE, &pd)?;
     }
     Ok(())
+}
+
+/// Maps the two pages of a VM with EPT views (`xos_abi::view`): the
+/// trampoline (user read/execute) and the view's control block (user
+/// read/write). Other VMs leave them unmapped.
+pub fn map_view_pages(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
+    let entry = |page: u64| system::PT_LOW + (page / layout::PAGE_SIZE) * 8;
+    let trampoline = layout::VIEW_TRAMPOLINE | PRESENT | USER;
+    let control = layout::VIEW_CONTROL | PRESENT | WRITABLE | USER;
+    write_bytes(
+        mem,
+        entry(layout::VIEW_TRAMPOLINE),
+        &trampoline.to_le_bytes(),
+    )?;
+    write_bytes(mem, entry(layout::VIEW_CONTROL), &control.to_le_bytes())
 }
 
 /// Maps the channel window: `size` bytes (a multiple of 4 KiB, at most
@@ -194,9 +207,8 @@ mod tests {
         assert_eq!(low_page(0x1f000), LowPage::Supervisor);
         assert_eq!(low_page(layout::BOOT_INFO), LowPage::User);
         assert_eq!(low_page(layout::RESUME_PAGE), LowPage::UserReadOnly);
-        assert_eq!(low_page(layout::VIEW_TRAMPOLINE), LowPage::UserReadOnly);
-        assert_eq!(low_page(layout::VIEW_CONTROL), LowPage::User);
-        assert_eq!(low_page(layout::VIEW_CONTROL + 0x1000), LowPage::Unmapped);
+        assert_eq!(low_page(layout::RESUME_PAGE + 0x1000), LowPage::Unmapped);
+        assert_eq!(low_page(layout::VIEW_CONTROL), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_GUARD), LowPage::Unmapped);
         assert_eq!(low_page(layout::STACK_BOTTOM), LowPage::User);
         assert_eq!(low_page(layout::IMAGE_BASE), LowPage::User);
