@@ -23,7 +23,7 @@ use super::measure::{image_bytes, nanos};
 pub const COUNTER_IMAGE: &str = "counter-c";
 
 /// The kinds `mutate` connects (every pair, in both orders).
-pub const KINDS: [&str; 4] = ["virtine", "vm", "process", "thread"];
+pub const KINDS: [&str; 5] = ["virtine", "vm", "process", "thread", "ept-view"];
 
 /// Messages at least between a move and the next request.
 const SPACING: u64 = 4;

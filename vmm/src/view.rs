@@ -199,6 +199,12 @@ impl ViewMachine {
         &mut self.machine
     }
 
+    /// The machine and the view table, apart, to tear down (the machine
+    /// first: its VM references the table's memory).
+    pub fn into_parts(self) -> (Machine, ViewTable) {
+        (self.machine, self.table)
+    }
+
     /// The machine and the view table, borrowed apart (a run loop holds
     /// the machine while a switch needs both).
     pub fn parts(&mut self) -> (&mut Machine, &mut ViewTable) {

@@ -170,6 +170,7 @@ impl ViewHost {
     /// thread (under the vCPU seccomp filter when `seccomp`).
     pub fn new(views: usize, mem_size: u64, seccomp: bool) -> Result<ViewHost, RunError> {
         install_handler()?;
+        crate::reaper::start();
         let mut vm = ViewMachine::new(views, mem_size, Privilege::User)
             .map_err(|e| RunError::from(ViewHostError::View(e)))?;
         vm.machine().report_registers_on_exit();
@@ -400,6 +401,12 @@ impl Host {
         for view in 0..self.slots.len() {
             self.remove(view);
         }
+        // The VM and the active view's memory go to the low-priority
+        // reaper, off the path of whatever runs next; KVM's MMU notifier
+        // makes unmapping the other views here safe whatever the order.
+        let (machine, table) = self.vm.into_parts();
+        crate::reaper::dispose(machine);
+        drop(table);
     }
 
     fn add(
