@@ -32,7 +32,7 @@ pub type IcPair = (Box<dyn IsolationContext>, Box<dyn IsolationContext>);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EptViewFactory;
 
-/// Why the fallback is in use, or `None` when VMFUNC could be.
+/// Why the fallback is in use.
 fn why_no_vmfunc() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpuinfo
@@ -50,12 +50,15 @@ fn why_no_vmfunc() -> String {
             "this CPU ({vendor}) shows no VMX to this kernel, and VMFUNC is an Intel VMX feature"
         );
     }
-    if !std::path::Path::new("/dev/xos-vmfunc").exists() {
-        return "/dev/xos-vmfunc is missing: vmfunc-kmod is not loaded (see vmfunc-kmod/README.md)"
-            .to_owned();
+    match vmm::vmfunc::VmfuncDevice::open() {
+        Err(e) => e.to_string(),
+        Ok(device) if device.info().missing != 0 => format!(
+            "vmfunc-kmod is loaded but this CPU lacks EPTP switching (missing capability bits {:#x})",
+            device.info().missing
+        ),
+        Ok(_) => "vmfunc-kmod is loaded and usable, but the ICF does not drive it yet (the module is tested on its own, in Bochs)"
+            .to_owned(),
     }
-    "vmfunc-kmod is loaded, but the ICF does not drive it yet (the module is tested on its own, in Bochs)"
-        .to_owned()
 }
 
 impl EptViewFactory {
