@@ -41,6 +41,7 @@
 
 pub mod bench;
 pub mod com_costs;
+pub mod selftest;
 pub mod serve;
 pub mod units;
 

@@ -63,6 +63,13 @@ enum Command {
     Images,
     /// Measure start-up and call costs against process and thread baselines.
     Bench(xos_vmm::bench::BenchArgs),
+    /// Run a group of built-in checks with real guests and print TAP
+    /// (`ept-view`: the EPT-view ICF's; the Bochs stage runs it).
+    Selftest {
+        /// Which checks: `ept-view`.
+        #[arg(value_parser = ["ept-view"])]
+        what: String,
+    },
     /// The benchmark's process-per-request HTTP server (baseline.cgi_rps).
     #[command(hide = true)]
     CgiBaseline {
@@ -225,6 +232,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Icfs { com, remeasure } => icfs(com, remeasure),
         Command::Images => images(),
+        Command::Selftest { .. } => {
+            let checks = xos_vmm::selftest::ept_view();
+            Ok(if xos_vmm::selftest::print_tap(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::CgiBaseline { listen, program } => cgi_baseline(listen, &program),
         Command::Bench(args) => xos_vmm::bench::main(&args)
             .map(|()| ExitCode::SUCCESS)

@@ -374,3 +374,15 @@ fn a_parked_server_is_stopped_by_its_own_time_limit() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     drop(a);
 }
+
+#[test]
+fn the_selftest_passes_here_as_in_bochs() {
+    if !kvm_available() {
+        return;
+    }
+    let out = xos(&["selftest", "ept-view"], b"");
+    let tap = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{tap}{}", text(&out.stderr));
+    assert!(!tap.contains("not ok"), "{tap}");
+    assert!(tap.ends_with("1..8\n"), "{tap}");
+}
