@@ -23,10 +23,9 @@ fn spec(image: &str, args: &[&str]) -> Result<IcSpec, String> {
     Ok(spec)
 }
 
-fn run(ic: &mut Box<dyn IsolationContext>) -> Result<(GuestExit, String), String> {
-    let (io, out, err) = GuestIo::capture(Vec::new());
+fn run(ic: &mut Box<dyn IsolationContext>) -> Result<Ended, String> {
+    let (io, out, _err) = GuestIo::capture(Vec::new());
     let outcome = ic.run(io).map_err(|e| e.to_string())?;
-    let _ = err;
     Ok((
         outcome.exit,
         String::from_utf8_lossy(&out.contents()).into_owned(),
@@ -44,12 +43,12 @@ fn alone(
     run(&mut ic)
 }
 
+/// How a guest ended and what it printed.
+type Ended = (GuestExit, String);
+
 /// Runs a connected pair (the callee on a thread); the caller's IC goes
 /// when it ends, which ends the callee's service.
-fn pair(
-    caller: (&str, &[&str]),
-    callee: (&str, &[&str]),
-) -> Result<((GuestExit, String), (GuestExit, String)), String> {
+fn pair(caller: (&str, &[&str]), callee: (&str, &[&str])) -> Result<(Ended, Ended), String> {
     let (mut a, mut b) = EptViewFactory
         .create_pair(spec(caller.0, caller.1)?, spec(callee.0, callee.1)?)
         .map_err(|e| e.to_string())?;
