@@ -302,13 +302,38 @@ fn a_caller_stopped_inside_a_call_reports_only_its_own_state() {
         !sout.contains("CALLEE"),
         "the callee's buffered line: {sout}"
     );
-    match served {
-        GuestExit::Faulted {
-            fault: Fault::ViewProtocol(how),
-            ..
-        } => assert!(how.contains("stopped during a call"), "{how}"),
+    // Interrupted mid-call through no fault of its own: killed, not blamed.
+    assert_eq!(served, GuestExit::Killed);
+}
+
+#[test]
+fn a_busy_caller_cannot_keep_a_stopped_callee_serving() {
+    if !kvm_available() {
+        return;
+    }
+    let mut callee = spec("chan-c", &["chan", "serve"]);
+    callee.timeout = Some(Duration::from_millis(300));
+    let (mut a, mut b) = EptViewFactory
+        .create_pair(spec("chan-c", &["chan", "call", "1000000", "8"]), callee)
+        .unwrap();
+    let caller = std::thread::spawn(move || {
+        let r = run(&mut a);
+        drop(a);
+        r
+    });
+    let t = Instant::now();
+    let (served, _, _) = run(&mut b);
+    let took = t.elapsed();
+    // Its own limit, reported by the monitor (not the owner's fallback
+    // after a grace period), while the caller still wants to call.
+    match &served {
+        GuestExit::TimedOut { regs, .. } => assert_ne!(regs.rip, 0, "a fallback report"),
         other => panic!("{other:?}"),
     }
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let (exit, _, err) = caller.join().unwrap();
+    assert_eq!(exit, GuestExit::Exited(1), "{err}");
+    assert!(err.contains("returned -32"), "{err}");
 }
 
 #[test]

@@ -429,6 +429,10 @@ impl Machine {
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             });
         }
+        // A register load still pending in the kvm_run page would overwrite
+        // these at the next entry.
+        self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
+        self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
         self.vcpu.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))?;
         self.vcpu.set_regs(regs).map_err(ioctl("KVM_SET_REGS"))?;
         // SAFETY: the kernel reads as much of the area as the features in

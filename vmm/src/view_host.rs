@@ -347,7 +347,18 @@ impl Host {
 
     fn serve(mut self, requests: mpsc::Receiver<Request>) {
         loop {
-            let request = match requests.recv_timeout(SETTLE_PERIOD) {
+            let waiting = self
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, State::Parked(..) | State::WaitingForPeer(..)));
+            let next = if waiting {
+                requests.recv_timeout(SETTLE_PERIOD)
+            } else {
+                requests
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            let request = match next {
                 Ok(request) => request,
                 // Now and then: a parked or waiting run may have been
                 // stopped by its owner.
@@ -527,9 +538,6 @@ impl Host {
         )
     }
 
-    /// After any change: callers waiting for a peer that now serves go
-    /// on; waiting callers whose peer is gone get `EPIPE`; servers whose
-    /// caller is gone resume to their end.
     /// Whether the run of a parked or waiting view was asked to stop.
     fn stop_requested(&self, view: usize) -> bool {
         match self.slots.get(view).map(|s| &s.state) {
@@ -565,6 +573,10 @@ impl Host {
         }
     }
 
+    /// After any change: stopped parked or waiting runs end; callers
+    /// waiting for a peer that now serves go on; waiting callers whose
+    /// peer is gone get `EPIPE`; servers whose caller is gone resume to
+    /// their end.
     fn settle(&mut self) {
         for view in 0..self.slots.len() {
             if self.stop_requested(view) {
@@ -703,6 +715,16 @@ impl Host {
         let parked: Vec<bool> = (0..self.slots.len())
             .map(|v| self.is_parked(v) && !self.stop_requested(v))
             .collect();
+        // A parked callee's owner may stop it while this run goes on: each
+        // call into it looks first.
+        let stops: Vec<Option<Interrupter>> = self
+            .slots
+            .iter()
+            .map(|s| match &s.state {
+                State::Parked(_, run) => Some(run.interrupter.clone()),
+                _ => None,
+            })
+            .collect();
         let Some(layout) = self.slots[view].layout else {
             let _ = run.reply.send(Err(ViewHostError::Ended {
                 view,
@@ -732,6 +754,7 @@ impl Host {
             tramp: &self.tramp,
             own: view,
             parked,
+            stops,
             call: in_call,
             serving: false,
             waiting_for: None,
@@ -751,8 +774,7 @@ impl Host {
         // A run that ended inside a call (time limit, kill) leaves the
         // callee mid-call: it fails, and the vCPU goes back to the caller.
         if let Some(callee) = hook.call.take() {
-            hook.failed
-                .push((callee, "its caller's run was stopped during a call".into()));
+            hook.failed.push((callee, CALLER_STOPPED.into()));
             let _ = hook.table.switch(machine, view);
         }
         let serving = hook.serving;
@@ -815,12 +837,19 @@ impl Host {
     fn fail_callee(&mut self, callee: usize, how: String) {
         let state = std::mem::replace(&mut self.slots[callee].state, State::Ended(how.clone()));
         if let State::Parked(_, run) = state {
-            let _ = run.reply.send(Ok(RunOutcome {
-                exit: GuestExit::Faulted {
+            // Interrupted by its caller's stop, it broke no rule: it was
+            // killed. Anything else is its own doing.
+            let exit = if how == CALLER_STOPPED {
+                GuestExit::Killed
+            } else {
+                GuestExit::Faulted {
                     fault: Fault::ViewProtocol(how),
                     regs: Box::<GuestRegs>::default(),
                     mem_size: self.vm.machine().mem_size(),
-                },
+                }
+            };
+            let _ = run.reply.send(Ok(RunOutcome {
+                exit,
                 stats: RunStats::default(),
                 guest_time: std::time::Duration::ZERO,
                 snapshot: None,
@@ -908,6 +937,10 @@ fn save(machine: &mut Machine) -> Result<Saved, RunError> {
 /// request comes (a stop of one of them is seen within this).
 const SETTLE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How a callee ends when its caller's run is stopped in the middle of a
+/// call (reported as killed: not its fault).
+const CALLER_STOPPED: &str = "its caller's run was stopped during a call";
+
 /// RFLAGS.TF.
 const TRAP_FLAG: u64 = 1 << 8;
 
@@ -919,6 +952,8 @@ struct ViewHook<'a> {
     own: usize,
     /// Which views serve: parked when the run began, and not failed since.
     parked: Vec<bool>,
+    /// The parked views' own stop handles (their owners' kill or time limit).
+    stops: Vec<Option<Interrupter>>,
     /// The callee while a call is in progress.
     call: Option<usize>,
     /// The run parked in `view_serve`.
@@ -1043,8 +1078,15 @@ impl ExitHook for ViewHook<'_> {
                         ),
                     ));
                 }
-                if !self.parked.get(target).copied().unwrap_or(false) {
-                    // The peer has not started serving: the caller waits.
+                let stopped = self
+                    .stops
+                    .get(target)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|i| i.reason() != StopReason::None);
+                if stopped || !self.parked.get(target).copied().unwrap_or(false) {
+                    // The peer has not started serving, or its owner stopped
+                    // it: the caller waits (the host ends a stopped peer,
+                    // and the wait then fails with EPIPE).
                     self.waiting_for = Some(target);
                     return Ok(HookAction::End(GuestExit::Ready));
                 }
@@ -1087,8 +1129,7 @@ impl ExitHook for ViewHook<'_> {
         // returning EPIPE) before the run's end is reported: what the
         // caller's owner sees is the caller's, never the callee's.
         if let Some(callee) = self.call {
-            let how = "its caller's run was stopped during a call".to_string();
-            self.abandon_call(machine, callee, how)?;
+            self.abandon_call(machine, callee, CALLER_STOPPED.to_string())?;
         }
         Ok(())
     }
