@@ -36,12 +36,15 @@ pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// The other endpoint was closed, or its process died.
-    #[error("the peer closed its end of the {mechanism} channel or died (during {op}); the message was not delivered")]
+    #[error("the peer of the {mechanism} channel is gone during {op} ({why}); the message was not delivered")]
     PeerGone {
         /// The mechanism's short name.
         mechanism: &'static str,
         /// `send`, `recv`, `call`, `acquire` or `commit`.
         op: &'static str,
+        /// How it was seen to be gone (closed its end, its process ended,
+        /// the connection closed).
+        why: String,
     },
     /// A message longer than the channel allows.
     #[error("a {len}-byte message exceeds this {mechanism} channel's limit of {max} bytes; split it or raise the limit with with_max_message()")]

@@ -352,9 +352,24 @@ impl RingChannel {
     }
 
     fn gone(&self, op: &'static str) -> ChannelError {
+        let peer = 1 - self.side;
+        let closed = self
+            .word(OFF_CLOSED[peer])
+            .map(|w| w.load(Ordering::SeqCst))
+            .unwrap_or(0);
+        let pid = self
+            .word(OFF_PID[peer])
+            .map(|w| w.load(Ordering::SeqCst))
+            .unwrap_or(0);
+        let why = if closed != 0 {
+            format!("it closed its end; its side's process id is {pid}")
+        } else {
+            format!("its process {pid} ended (this is process {})", own_pid())
+        };
         ChannelError::PeerGone {
             mechanism: self.name(),
             op,
+            why,
         }
     }
 

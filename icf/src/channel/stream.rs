@@ -71,6 +71,7 @@ where
             | ErrorKind::UnexpectedEof => ChannelError::PeerGone {
                 mechanism: self.name(),
                 op,
+                why: e.to_string(),
             },
             _ => ChannelError::Io {
                 mechanism: self.name(),
@@ -101,6 +102,7 @@ where
                     return Err(ChannelError::PeerGone {
                         mechanism: self.name(),
                         op,
+                        why: "the connection accepts no more bytes".into(),
                     })
                 }
                 Ok(n) => done += n,
@@ -153,6 +155,7 @@ where
                     return Err(ChannelError::PeerGone {
                         mechanism: self.name(),
                         op: "recv",
+                        why: "the connection was closed".into(),
                     })
                 }
                 Ok(n) => done += n,
