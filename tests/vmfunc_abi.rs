@@ -32,11 +32,14 @@ int main(void) {
     O(xos_vmfunc_vcpu_status, vcpu_id); O(xos_vmfunc_vcpu_status, flags);
     O(xos_vmfunc_vcpu_status, current_view); O(xos_vmfunc_vcpu_status, reserved0);
     O(xos_vmfunc_vcpu_status, vm_function_control); O(xos_vmfunc_vcpu_status, reserved);
+    S(xos_vmfunc_vcpu_view);
+    O(xos_vmfunc_vcpu_view, vcpu_id); O(xos_vmfunc_vcpu_view, view);
+    O(xos_vmfunc_vcpu_view, reserved);
     P("GET_INFO", XOS_VMFUNC_GET_INFO); P("ATTACH", XOS_VMFUNC_ATTACH);
     P("CREATE_VIEW", XOS_VMFUNC_CREATE_VIEW); P("DESTROY_VIEW", XOS_VMFUNC_DESTROY_VIEW);
     P("MAP", XOS_VMFUNC_MAP); P("UNMAP", XOS_VMFUNC_UNMAP);
     P("ENABLE_VCPU", XOS_VMFUNC_ENABLE_VCPU); P("DISABLE_VCPU", XOS_VMFUNC_DISABLE_VCPU);
-    P("VCPU_STATUS", XOS_VMFUNC_VCPU_STATUS);
+    P("VCPU_STATUS", XOS_VMFUNC_VCPU_STATUS); P("SET_VCPU_VIEW", XOS_VMFUNC_SET_VCPU_VIEW);
     P("magic", XOS_VMFUNC_IOC_MAGIC); P("abi_version", XOS_VMFUNC_ABI_VERSION);
     P("max_views", XOS_VMFUNC_MAX_VIEWS); P("view_kvm", XOS_VMFUNC_VIEW_KVM);
     P("cap_vmx", XOS_VMFUNC_CAP_VMX); P("cap_vmfunc_ctl", XOS_VMFUNC_CAP_VMFUNC_CTL);
@@ -127,6 +130,10 @@ fn the_c_header_matches_the_rust_mirror() {
         o!("xos_vmfunc_vcpu_status", VcpuStatus, reserved0),
         o!("xos_vmfunc_vcpu_status", VcpuStatus, vm_function_control),
         o!("xos_vmfunc_vcpu_status", VcpuStatus, reserved),
+        ("xos_vmfunc_vcpu_view", size_of::<VcpuView>() as u64),
+        o!("xos_vmfunc_vcpu_view", VcpuView, vcpu_id),
+        o!("xos_vmfunc_vcpu_view", VcpuView, view),
+        o!("xos_vmfunc_vcpu_view", VcpuView, reserved),
         ("GET_INFO", GET_INFO),
         ("ATTACH", ATTACH),
         ("CREATE_VIEW", CREATE_VIEW),
@@ -136,6 +143,7 @@ fn the_c_header_matches_the_rust_mirror() {
         ("ENABLE_VCPU", ENABLE_VCPU),
         ("DISABLE_VCPU", DISABLE_VCPU),
         ("VCPU_STATUS", VCPU_STATUS),
+        ("SET_VCPU_VIEW", SET_VCPU_VIEW),
         ("magic", u64::from(IOC_MAGIC)),
         ("abi_version", u64::from(ABI_VERSION)),
         ("max_views", u64::from(MAX_VIEWS)),

@@ -780,6 +780,46 @@ out:
 	return ret;
 }
 
+/*
+ * Put an enabled vCPU into list entry `view` by writing its EPTP into
+ * EPT_POINTER. No INVEPT: a view is flushed on every CPU whenever it
+ * changes (and before it is first published), and cached translations are
+ * tagged by EPTP, exactly as for the guest's own VMFUNC. xf->lock held: no
+ * view can be destroyed meanwhile (DESTROY_VIEW is EBUSY while enabled).
+ */
+static int xv_vcpu_set_view(struct xv_file *xf, struct kvm_vcpu *vcpu,
+			    int view)
+{
+	u64 cur = 0;
+	int ret;
+
+	ret = xv_vcpu_begin(vcpu, true);
+	if (ret)
+		return ret;
+	if (vcpu->arch.hflags & (HF_GUEST_MASK | HF_SMM_MASK)) {
+		ret = -EBUSY; /* nested guest running, or in SMM */
+		goto out;
+	}
+	/* KVM writes EPT_POINTER at the next entry: our write would be lost. */
+	if (!VALID_PAGE(vcpu->arch.mmu->root.hpa) ||
+	    kvm_test_request(KVM_REQ_LOAD_MMU_PGD, vcpu) ||
+	    kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu)) {
+		ret = -EAGAIN;
+		goto out;
+	}
+	preempt_disable();
+	ret = xv_vmread(EPT_POINTER, &cur);
+	if (!ret && !xv_kvm_eptp_plausible(cur) &&
+	    xv_view_of_eptp(xf, cur) == XV_NO_VIEW)
+		ret = -EOPNOTSUPP;
+	if (!ret)
+		ret = xv_vmwrite(EPT_POINTER, xf->views[view].eptp);
+	preempt_enable();
+out:
+	xv_vcpu_end(vcpu);
+	return ret;
+}
+
 /* --------------------------------------------------- memslot notifier */
 
 static void xv_track_flush_slot(struct kvm *kvm, struct kvm_memory_slot *slot,
@@ -1149,6 +1189,27 @@ static long xv_status(struct xv_file *xf, void __user *arg)
 	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
 }
 
+static long xv_set_view(struct xv_file *xf, void __user *arg)
+{
+	struct xos_vmfunc_vcpu_view a;
+	struct kvm_vcpu *vcpu;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.reserved || a.vcpu_id > INT_MAX)
+		return -EINVAL;
+	vcpu = kvm_get_vcpu_by_id(xf->kvm, a.vcpu_id);
+	if (!vcpu)
+		return -ENOENT;
+	if (a.view >= XOS_VMFUNC_MAX_VIEWS || !xf->views[a.view].pml4 ||
+	    !xf->list || READ_ONCE(xf->list[a.view]) != xf->views[a.view].eptp)
+		return -EINVAL; /* an empty list entry */
+	if (vcpu->vcpu_idx < 0 || vcpu->vcpu_idx >= KVM_MAX_VCPUS ||
+	    !test_bit(vcpu->vcpu_idx, xf->enabled))
+		return -EINVAL; /* not enabled: no list, no teardown of it */
+	return xv_vcpu_set_view(xf, vcpu, a.view);
+}
+
 static long xv_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 {
 	struct xv_file *xf = file->private_data;
@@ -1195,6 +1256,9 @@ static long xv_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 		break;
 	case XOS_VMFUNC_VCPU_STATUS:
 		ret = xv_status(xf, arg);
+		break;
+	case XOS_VMFUNC_SET_VCPU_VIEW:
+		ret = xv_set_view(xf, arg);
 		break;
 	default:
 		ret = -ENOTTY;

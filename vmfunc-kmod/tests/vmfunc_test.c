@@ -50,6 +50,7 @@
 #define PH_EMPTY 0x1200u  /* vmfunc(5): an empty list slot */
 #define PH_BIG 0x1300u    /* vmfunc(600): beyond the 512-entry list */
 #define PH_Y 0x1400u      /* vmfunc(1), read Y */
+#define PH_READ 0x1500u   /* read X (no vmfunc) */
 #define Y_GPA 0xC000u
 
 static int test_no;
@@ -247,6 +248,10 @@ static void load_guest(uint8_t *mem)
 	*p++ = Y_GPA >> 8;
 	*p++ = 0xe6;
 	*p++ = PORT_VAL;
+	*p++ = 0xf4;
+
+	p = mem + PH_READ;
+	p += emit_read_x(p);
 	*p++ = 0xf4;
 
 	p = mem + PH_BIG;
@@ -502,6 +507,17 @@ static int status(int dev, uint32_t id, struct xos_vmfunc_vcpu_status *s)
 	return xioctl(dev, XOS_VMFUNC_VCPU_STATUS, s);
 }
 
+static int set_view(int dev, uint32_t id, uint32_t view, uint64_t reserved)
+{
+	struct xos_vmfunc_vcpu_view v;
+
+	memset(&v, 0, sizeof(v));
+	v.vcpu_id = id;
+	v.view = view;
+	v.reserved = reserved;
+	return xioctl(dev, XOS_VMFUNC_SET_VCPU_VIEW, &v);
+}
+
 static long refcnt(void)
 {
 	char buf[32];
@@ -598,6 +614,8 @@ int main(void)
 
 	e = create_view(dev, 0, &v1);
 	ok(e == ENOTCONN, "CREATE_VIEW before ATTACH fails with ENOTCONN (%s)", err_name(e));
+	e = set_view(dev, 0, 0, 0);
+	ok(e == ENOTCONN, "SET_VCPU_VIEW before ATTACH fails with ENOTCONN (%s)", err_name(e));
 
 	/* ----------------------------------------------- attach: refusals */
 	null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -703,6 +721,9 @@ int main(void)
 	ok(vals_are(&o, (const uint8_t[]){ 0xa0 }, 1) && o.ud && !o.other,
 	   "views exist but before ENABLE VMFUNC still gives #UD");
 
+	e = set_view(dev, 0, v1, 0);
+	ok(e == EINVAL, "SET_VCPU_VIEW before ENABLE_VCPU fails with EINVAL (%s)", err_name(e));
+
 	/* (2) enable and switch */
 	e = vcpu_op(dev, XOS_VMFUNC_ENABLE_VCPU, 0);
 	ok(!e, "ENABLE_VCPU 0 (%s)", err_name(e));
@@ -714,6 +735,40 @@ int main(void)
 	ok(!e && (st.vm_function_control & 1) && (st.flags & XOS_VMFUNC_VCPU_SWITCHING) &&
 		   (st.flags & XOS_VMFUNC_VCPU_ENABLED),
 	   "VCPU_STATUS after ENABLE: VM_FUNCTION_CONTROL bit 0 set (%s)", err_name(e));
+
+	/* SET_VCPU_VIEW: the guest starts in a view without executing VMFUNC. */
+	e = set_view(dev, 0, v1, 0);
+	memset(&o, 0, sizeof(o));
+	if (!e) {
+		o = run_phase(&vm, PH_READ);
+		describe("SET_VCPU_VIEW 1, no vmfunc", &o);
+	}
+	e2 = status(dev, 0, &st);
+	ok(!e && vals_are(&o, (const uint8_t[]){ 0xb1 }, 1) && !o.ud && !o.other && o.halted &&
+		   !e2 && st.current_view == v1,
+	   "SET_VCPU_VIEW 1: without VMFUNC the guest reads b1 (view 1) at X and stays in view 1 "
+	   "(%s; view %#x)",
+	   err_name(e), st.current_view);
+	e = set_view(dev, 0, 0, 0);
+	memset(&o, 0, sizeof(o));
+	if (!e) {
+		o = run_phase(&vm, PH_READ);
+		describe("SET_VCPU_VIEW 0", &o);
+	}
+	e2 = status(dev, 0, &st);
+	ok(!e && vals_are(&o, (const uint8_t[]){ 0xa0 }, 1) && !o.ud && !o.other && o.halted &&
+		   !e2 && st.current_view == 0,
+	   "SET_VCPU_VIEW 0: the guest reads a0 (base view) at X (%s; view %#x)", err_name(e),
+	   st.current_view);
+	e = set_view(dev, 0, 5, 0);
+	e2 = set_view(dev, 0, XOS_VMFUNC_MAX_VIEWS, 0);
+	e3 = set_view(dev, 0, v1, 1);
+	ok(e == EINVAL && e2 == EINVAL && e3 == EINVAL,
+	   "SET_VCPU_VIEW refuses (EINVAL) an empty view slot, a view >= max_views, reserved != 0 "
+	   "(%s, %s, %s)",
+	   err_name(e), err_name(e2), err_name(e3));
+	e = set_view(dev, 7, v1, 0);
+	ok(e == ENOENT, "SET_VCPU_VIEW of a missing vCPU fails with ENOENT (%s)", err_name(e));
 
 	o = run_phase(&vm, PH_SWITCH);
 	describe("switching", &o);
@@ -884,6 +939,11 @@ int main(void)
 			e3 = map(dev, v1, XOS_VMFUNC_PROT_READ, Y_GPA, 0x1000, SLOT1_GPA);
 		if (!e3)
 			e3 = vcpu_op(dev, XOS_VMFUNC_ENABLE_VCPU, 0);
+		e = e3 ? e3 : set_view(dev, 0, v1, 0);
+		ok(!e3 && e == EAGAIN,
+		   "SET_VCPU_VIEW before the vCPU's first KVM_RUN (KVM has no root yet) fails with "
+		   "EAGAIN (%s)",
+		   err_name(e));
 		memset(&o, 0, sizeof(o));
 		if (!e3) {
 			o = run_phase(&vm2, PH_PRE);

@@ -186,6 +186,18 @@ pub struct VcpuStatus {
     pub reserved: [u64; 2],
 }
 
+/// `struct xos_vmfunc_vcpu_view`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuView {
+    /// The vCPU (as given to KVM_CREATE_VCPU).
+    pub vcpu_id: u32,
+    /// The EPTP-list entry: 0 (the base view) or an existing view.
+    pub view: u32,
+    /// Zero.
+    pub reserved: u64,
+}
+
 /// `XOS_VMFUNC_IOC_MAGIC`.
 pub const IOC_MAGIC: c_uint = 0xE5;
 
@@ -217,6 +229,8 @@ pub const ENABLE_VCPU: c_ulong = iow(0x06, size_of::<Vcpu>());
 pub const DISABLE_VCPU: c_ulong = iow(0x07, size_of::<Vcpu>());
 /// `XOS_VMFUNC_VCPU_STATUS`.
 pub const VCPU_STATUS: c_ulong = iowr(0x08, size_of::<VcpuStatus>());
+/// `XOS_VMFUNC_SET_VCPU_VIEW`.
+pub const SET_VCPU_VIEW: c_ulong = iow(0x09, size_of::<VcpuView>());
 
 /// Why the module cannot be used, or an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +418,25 @@ impl VmfuncDevice {
         Ok(arg)
     }
 
+    /// Puts an enabled vCPU (not while it runs) into EPTP-list entry `view`
+    /// (0 = the base view, or an existing view) for its next KVM_RUN, without
+    /// the guest executing VMFUNC. EINVAL if the vCPU is not enabled or the
+    /// view does not exist; EAGAIN if KVM has not loaded its root yet (run
+    /// the vCPU once first). A later KVM MMU reload puts the vCPU back on
+    /// KVM's own root.
+    pub fn set_vcpu_view(&self, vcpu_id: u32, view: u32) -> Result<(), VmfuncError> {
+        let arg = VcpuView {
+            vcpu_id,
+            view,
+            ..VcpuView::default()
+        };
+        // SAFETY: `self.file` is the open device; SET_VCPU_VIEW reads one
+        // `VcpuView` (its size is encoded in the request number) from `arg`,
+        // which lives for the call, and writes nothing back.
+        let r = unsafe { ioctl_with_ref(&self.file, SET_VCPU_VIEW, &arg) };
+        check(r, "SET_VCPU_VIEW")
+    }
+
     fn vcpu_op(&self, req: c_ulong, vcpu_id: u32, op: &'static str) -> Result<(), VmfuncError> {
         let arg = Vcpu {
             vcpu_id,
@@ -442,6 +475,7 @@ mod tests {
         assert_eq!(GET_INFO, (2 << 30) | (64 << 16) | (0xE5 << 8));
         assert_eq!(ATTACH, (1 << 30) | (24 << 16) | (0xE5 << 8) | 1);
         assert_eq!(VCPU_STATUS, (3 << 30) | (40 << 16) | (0xE5 << 8) | 8);
+        assert_eq!(SET_VCPU_VIEW, (1 << 30) | (16 << 16) | (0xE5 << 8) | 9);
     }
 
     #[test]

@@ -16,6 +16,7 @@
  *   ioctl(fd, XOS_VMFUNC_CREATE_VIEW, &view);  view.view = 1, 2, ...
  *   ioctl(fd, XOS_VMFUNC_MAP, &map);           remap/restrict GPAs in a view
  *   ioctl(fd, XOS_VMFUNC_ENABLE_VCPU, &vcpu);  per vCPU, not while it runs
+ *   ioctl(fd, XOS_VMFUNC_SET_VCPU_VIEW, &vv);  optional: start in view vv.view
  *   ... guest: eax = 0, ecx = view; vmfunc ...
  *   close(fd);                                 disables and frees everything
  */
@@ -142,6 +143,28 @@ struct xos_vmfunc_vcpu_status {
 	__u64 reserved[2];   /* 0 */
 };
 
+/*
+ * XOS_VMFUNC_SET_VCPU_VIEW (in): put an ENABLED vCPU (not while it runs)
+ * into EPTP-list entry `view` (0 = the base view, or an existing view
+ * 1 .. max_views - 1): the module writes that entry into the vCPU's VMCS
+ * EPT_POINTER, so the next KVM_RUN enters the guest in that view without the
+ * guest executing VMFUNC. Errors: ENOTCONN not attached; ENOENT no such
+ * vCPU; EINVAL reserved != 0, view empty or >= max_views, or the vCPU is not
+ * enabled (XOS_VMFUNC_ENABLE_VCPU first); EBUSY the vCPU is in guest mode
+ * (nested) or SMM; EAGAIN KVM has no current root for the vCPU or is about
+ * to reload it (e.g. the vCPU never ran: run it once first), so the write
+ * would be lost at the next KVM_RUN.
+ * Limit (as for VMFUNC): whenever KVM later reloads its MMU or EPT pointer
+ * for the vCPU (memslot changes, CR0/CR4/EFER changes through
+ * KVM_SET_SREGS, SMM, resets), the vCPU is back on KVM's own root;
+ * XOS_VMFUNC_VCPU_STATUS shows which view is current.
+ */
+struct xos_vmfunc_vcpu_view {
+	__u32 vcpu_id;       /* as given to KVM_CREATE_VCPU */
+	__u32 view;          /* 0 .. max_views - 1, an existing view */
+	__u64 reserved;      /* 0 */
+};
+
 #define XOS_VMFUNC_IOC_MAGIC 0xE5
 
 #define XOS_VMFUNC_GET_INFO     _IOR(XOS_VMFUNC_IOC_MAGIC, 0x00, struct xos_vmfunc_info)
@@ -153,5 +176,6 @@ struct xos_vmfunc_vcpu_status {
 #define XOS_VMFUNC_ENABLE_VCPU  _IOW(XOS_VMFUNC_IOC_MAGIC, 0x06, struct xos_vmfunc_vcpu)
 #define XOS_VMFUNC_DISABLE_VCPU _IOW(XOS_VMFUNC_IOC_MAGIC, 0x07, struct xos_vmfunc_vcpu)
 #define XOS_VMFUNC_VCPU_STATUS  _IOWR(XOS_VMFUNC_IOC_MAGIC, 0x08, struct xos_vmfunc_vcpu_status)
+#define XOS_VMFUNC_SET_VCPU_VIEW _IOW(XOS_VMFUNC_IOC_MAGIC, 0x09, struct xos_vmfunc_vcpu_view)
 
 #endif /* _UAPI_XOS_VMFUNC_H */
