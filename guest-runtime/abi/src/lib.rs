@@ -51,7 +51,8 @@ pub const DEVICE_VIEWS: u64 = 2;
 pub const MAX_WINDOW_SIZE: u64 = 2 << 20;
 /// [`WindowInfo::flags`]: the peer may sleep, so a waiting guest should
 /// sleep too (`WINDOW_WAIT` with a time) and wake a sleeping peer
-/// (`WINDOW_WAKE`); without it, a guest spins.
+/// (`WINDOW_WAKE`); without it, a guest spins, and sleeps only once it
+/// sees its vCPU preempted (a busy host; docs/ABI.md, "Channel window").
 pub const WINDOW_MAY_SLEEP: u32 = 1;
 
 /// Guest memory layout: guest-physical equals guest-virtual (identity map).

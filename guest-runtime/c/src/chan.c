@@ -16,6 +16,15 @@
 #define ASK_EVERY (1u << 16)
 /* May-sleep mode: spins before sleeping (~250 us), like the host side. */
 #define SLEEP_AFTER (1u << 13)
+/* Spin mode: a gap this long (TSC cycles, ~0.3-1 ms) between two looks
+ * means the host took this vCPU's CPU away: it has more runnable threads
+ * than CPUs and the peer may wait for ours. Such a waiter sleeps like
+ * may-sleep mode (the peer wakes it) instead of spinning on, because a
+ * spinner that never gives way makes each hand-off cost a time slice. */
+#define PREEMPTED_GAP (1ull << 20)
+/* Spin mode: spins before a preempted waiter (in this wait or the last)
+ * sleeps; a wait the peer ends sooner, unpreempted, returns to spinning. */
+#define SPINS_WHEN_PREEMPTED 64u
 /* Longest sleep per WINDOW_WAIT, in microseconds (the monitor caps it). */
 #define NAP_US 20000u
 
@@ -25,7 +34,15 @@ static struct {
     uint32_t cap;
     uint32_t side;
     int may_sleep;
+    int preempted; /* spin mode: the last wait was preempted and slept */
 } ring;
+
+static uint64_t tsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
 
 static uint32_t *word(uint32_t off) { return (uint32_t *)(ring.base + off); }
 
@@ -70,16 +87,34 @@ static int peer_closed(void)
 static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
 {
     uint32_t spins = 0;
+    int preempted = !ring.may_sleep && ring.preempted;
+    uint64_t last_look = tsc();
     for (;;) {
         uint32_t v = load(off);
-        if (v != seen)
+        if (v != seen) {
+            /* A wait that ends before its first spin says nothing: the
+             * peer may have answered while this vCPU did not run. */
+            if (!ring.may_sleep && spins)
+                ring.preempted = preempted && spins >= SPINS_WHEN_PREEMPTED;
             return v;
+        }
         spins++;
         if (spins % CHECK_EVERY == 0 && peer_closed()) {
             v = load(off); /* a last message may have landed first */
             return v != seen ? (long)v : XOS_EPIPE;
         }
-        int sleep = ring.may_sleep && spins >= SLEEP_AFTER;
+        int sleep;
+        if (ring.may_sleep) {
+            sleep = spins >= SLEEP_AFTER;
+        } else {
+            if (spins % 64 == 0) {
+                uint64_t now = tsc();
+                if (now - last_look >= PREEMPTED_GAP)
+                    preempted = 1;
+                last_look = now;
+            }
+            sleep = preempted && spins >= SPINS_WHEN_PREEMPTED;
+        }
         if (sleep || spins % ASK_EVERY == 0) {
             long r = 0;
             if (sleep)
@@ -89,6 +124,7 @@ static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
                                   sleep ? NAP_US : 0, 0, 0, 0);
             if (sleep)
                 store(sleeps_off, 0);
+            last_look = tsc();
             if (r == XOS_EPIPE) {
                 v = load(off);
                 return v != seen ? (long)v : XOS_EPIPE;

@@ -5,8 +5,10 @@
 //! Messages are framed as a 4-byte little-endian length and the bytes, so a
 //! message may be larger than the ring: it streams through in pieces. A
 //! waiting side either spins ([`Notify::Poll`], lowest latency, burns a
-//! core) or sleeps on a futex in the shared page ([`Notify::Futex`]); the
-//! other side wakes it only when it announced that it sleeps.
+//! core; it sleeps only once it sees itself preempted on a busy host) or
+//! spins briefly and sleeps on a futex in the shared page
+//! ([`Notify::Futex`]); the other side wakes it only when it announced
+//! that it sleeps.
 //!
 //! Everything in the shared mapping is reached through `vm-memory`
 //! (bounds-checked slices and atomics): the peer may be hostile, so every
@@ -14,7 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,13 +51,30 @@ const PRODUCER_SLEEPS: u64 = abi::PRODUCER_SLEEPS;
 /// 250 µs gives 0.9 µs; `xos-vmm bench channel.shm-futex`). A peer idle for
 /// longer costs one wake-up, not a spinning core.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(250);
+/// A gap this long between two looks of a spinning waiter means the
+/// scheduler took its CPU away: the host has more runnable threads than
+/// CPUs, and the peer may be waiting for ours. A polling waiter that saw
+/// one sleeps on the futex like [`Notify::Futex`] (the peer's publish
+/// wakes it) instead of spinning on: a spinner that never gives way makes
+/// every hand-off cost a time slice (measured: 5,000 calls between two
+/// threads sharing one CPU took 40 s spinning, 0.07 s this way;
+/// `tests/contention.rs`). `sched_yield` is no cure: under EEVDF each
+/// yield pushes the yielder's deadline a slice back, and a waiter that
+/// yields often starves beside busy threads.
+const PREEMPTED_GAP: Duration = Duration::from_micros(500);
+/// Spins before a polling waiter that was preempted (in this wait or the
+/// last) sleeps. A wait the peer ends within these spins, without a
+/// preemption, returns the endpoint to pure spinning.
+const SPINS_WHEN_PREEMPTED: u32 = 64;
 /// How often a waiter looks whether the peer process still lives.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
 /// How a waiting endpoint waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notify {
-    /// Spin on the shared indices.
+    /// Spin on the shared indices; sleep on a futex only once the
+    /// scheduler is seen to take the CPU away (a busy host), so spinning
+    /// never starves the peer it waits for.
     Poll,
     /// Spin briefly, then sleep on a futex in the shared page.
     Futex,
@@ -85,6 +104,9 @@ pub struct RingChannel {
     /// Whether dropping this endpoint marks its side closed in the shared
     /// page (not for a mapping that failed validation).
     announce_close: bool,
+    /// Whether our last polling wait saw us preempted or had to sleep
+    /// (see [`PREEMPTED_GAP`]).
+    preempted: AtomicBool,
 }
 
 /// Where an `acquire`d message is being built.
@@ -267,6 +289,7 @@ impl RingChannel {
             acquired: None,
             staging: Vec::new(),
             announce_close: true,
+            preempted: AtomicBool::new(false),
         })
     }
 
@@ -373,8 +396,9 @@ impl RingChannel {
         }
     }
 
-    /// Wait until `ready()` holds, sleeping (futex mode) on `word`, whose
-    /// change is what makes `ready` true, with `sleeps` as our flag.
+    /// Wait until `ready()` holds, sleeping on `word` (futex mode after a
+    /// spin; poll mode once preempted, see [`PREEMPTED_GAP`]), whose change
+    /// is what makes `ready` true, with `sleeps` as our flag.
     fn wait(
         &self,
         op: &'static str,
@@ -386,17 +410,34 @@ impl RingChannel {
         let word = self.word(word_off)?;
         let mut spins = 0u32;
         let start = Instant::now();
+        let mut last_look = start;
         let mut next_check = start + LIVENESS_PERIOD;
         let mut may_sleep = false;
+        let poll = self.notify == Notify::Poll;
+        let mut preempted = poll && self.preempted.load(Ordering::Relaxed);
         loop {
             let seen = word.load(Ordering::SeqCst);
             if ready(seen) {
+                // A wait that ends before its first spin says nothing: the
+                // peer may have answered while we were not running.
+                if poll && spins > 0 {
+                    self.preempted.store(
+                        preempted && spins >= SPINS_WHEN_PREEMPTED,
+                        Ordering::Relaxed,
+                    );
+                }
                 return Ok(seen);
             }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) || may_sleep {
                 let now = Instant::now();
-                may_sleep = self.notify == Notify::Futex && now - start >= SPIN_BEFORE_SLEEP;
+                may_sleep = if poll {
+                    preempted |= now - last_look >= PREEMPTED_GAP;
+                    preempted && spins >= SPINS_WHEN_PREEMPTED
+                } else {
+                    now - start >= SPIN_BEFORE_SLEEP
+                };
+                last_look = now;
                 if deadline.is_some_and(|d| now >= d) {
                     // A peer that closed its end is reported as such even
                     // to a caller polling with a zero timeout.
@@ -440,6 +481,7 @@ impl RingChannel {
                     futex(word, libc::FUTEX_WAIT, seen, Some(nap));
                 }
                 sleeps.store(0, Ordering::SeqCst);
+                last_look = Instant::now();
             } else {
                 std::hint::spin_loop();
             }
@@ -451,7 +493,9 @@ impl RingChannel {
     fn publish(&self, word_off: usize, value: u32, sleeps_off: usize) -> Result<()> {
         let word = self.word(word_off)?;
         word.store(value, Ordering::SeqCst);
-        if self.notify == Notify::Futex && self.word(sleeps_off)?.load(Ordering::SeqCst) != 0 {
+        // Both modes: a polling peer sleeps too once it finds itself
+        // preempted (one load of a line the peer rarely writes).
+        if self.word(sleeps_off)?.load(Ordering::SeqCst) != 0 {
             futex(word, libc::FUTEX_WAKE, 1, None);
         }
         Ok(())
