@@ -22,6 +22,22 @@ pub trait MmioDevice: Send + Sync {
     /// The guest is gone (its VM is being torn down): stop using its
     /// memory until the next `activate`.
     fn deactivate(&self) {}
+    /// A register whose writes the device needs only as a wake-up (a
+    /// virtio `QueueNotify`). The monitor registers it with KVM
+    /// (`KVM_IOEVENTFD`), so KVM signals the eventfd itself and resumes the
+    /// guest: such a write never reaches `write`, and costs the guest no
+    /// trip through the monitor.
+    fn doorbell(&self) -> Option<Doorbell> {
+        None
+    }
+}
+
+/// See [`MmioDevice::doorbell`].
+pub struct Doorbell {
+    /// Offset of the register in the device page.
+    pub offset: u64,
+    /// Signalled on every write to it.
+    pub event: vmm_sys_util::eventfd::EventFd,
 }
 
 /// A shared device handle, as a run configuration holds it.

@@ -311,6 +311,23 @@ impl PreparedRun {
     }
 }
 
+/// Registers the run's device doorbell, if it has one, with `vm`'s KVM
+/// (`KVM_IOEVENTFD`), so the guest's notify writes signal the device's
+/// eventfd in the kernel instead of exiting to the monitor.
+pub(crate) fn attach_doorbell(vm: &kvm_ioctls::VmFd, config: &RunConfig) -> Result<(), RunError> {
+    let Some(bell) = config.device.as_ref().and_then(|d| d.0.doorbell()) else {
+        return Ok(());
+    };
+    let addr = kvm_ioctls::IoEventAddress::Mmio(xos_abi::VIRTIO_MMIO + bell.offset);
+    vm.register_ioevent(&bell.event, &addr, kvm_ioctls::NoDatamatch)
+        .map_err(|source| {
+            RunError::from(MachineError::Ioctl {
+                op: "KVM_IOEVENTFD (the virtio device's notify register)",
+                source,
+            })
+        })
+}
+
 /// Adds the run's window and device to freshly laid-out guest memory:
 /// page tables, `BootInfo` and, for the window, a memory region.
 pub(crate) fn attach_extras(
@@ -346,6 +363,7 @@ pub fn run_from_state(
     state.validate()?;
     let mem_size = state.mem_size;
     let vm = create_vm()?;
+    attach_doorbell(&vm, config)?;
     let vcpu = create_vcpu(&vm)?;
     let mem = prepare_memory(mem_size)?;
     state.restore_into(&mem)?;
@@ -458,6 +476,7 @@ pub fn run_program(
     }
     let window = config.window.clone();
     let vm = create_vm()?;
+    attach_doorbell(&vm, config)?;
     let (handover_tx, handover_rx) = mpsc::sync_channel::<Handover>(1);
     let (result_tx, result_rx) = mpsc::sync_channel(1);
     let thread_interrupter = interrupter.clone();

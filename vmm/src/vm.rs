@@ -90,6 +90,7 @@ fn boot(source: &BootSource<'_>, config: &RunConfig) -> Result<(Machine, GuestLa
         }
     };
     let vm = create_vm()?;
+    crate::runner::attach_doorbell(&vm, config)?;
     let vcpu = create_vcpu(&vm)?;
     let mem = prepare_memory(mem_size)?;
     let layout = match source {

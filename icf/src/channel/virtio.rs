@@ -12,7 +12,10 @@
 //! (and tells the driver not to notify, `VRING_USED_F_NO_NOTIFY`), so a
 //! call costs the guest no exit; after [`SPIN`] without traffic it allows
 //! notifications again and sleeps until the driver writes `QueueNotify` or
-//! [`NAP`] passes (to look at the host endpoint).
+//! [`NAP`] passes (to look at the host endpoint). It sleeps in an
+//! `event-manager` epoll loop on two eventfds: one KVM signals itself on a
+//! `QueueNotify` write (an ioeventfd, so the notify costs the guest no exit
+//! to the monitor) and one for stop requests.
 //!
 //! The guest is not trusted: queue addresses and every buffer must lie in
 //! memory the guest itself may access at CPL3 (the rule hypercall pointers
@@ -23,13 +26,18 @@
 //! Config space (offset 0x100): `u32` 1 once the host endpoint is gone,
 //! `u32` the largest message the device takes.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{Channel, ChannelError};
 
@@ -130,7 +138,14 @@ struct Shared {
     stop: AtomicBool,
     busy: AtomicBool,
     shutdown: AtomicBool,
-    worker: Mutex<Option<std::thread::Thread>>,
+    /// Signalled by KVM when the guest writes `QueueNotify` (an ioeventfd,
+    /// see [`vmm::mmio::MmioDevice::doorbell`]), or by the MMIO path where
+    /// that write reaches the monitor.
+    notify: EventFd,
+    /// Signalled to make the device thread look at `stop`/`shutdown`.
+    wake: EventFd,
+    /// How the guest's notifies arrived (see [`Notifies`]).
+    notifies: Arc<NotifyCounts>,
     peer_gone: AtomicBool,
     needs_reset: AtomicBool,
     /// Bumped and signalled whenever the device puts entries in a used
@@ -145,6 +160,74 @@ struct Job {
     rx: Queue,
     mem: GuestMemoryMmap,
     mem_size: u64,
+}
+
+/// Counters behind [`Notifies`].
+#[derive(Default)]
+struct NotifyCounts {
+    /// Signals the device thread read from the notify eventfd (both ways).
+    signalled: AtomicU64,
+    /// `QueueNotify` writes that reached the monitor.
+    by_exit: AtomicU64,
+}
+
+/// How the guest's `QueueNotify` writes reached the device so far; a
+/// diagnostic (and what the tests check): with KVM's ioeventfd in place
+/// none should take the exit to the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notifies {
+    /// Signalled by KVM in the kernel (the guest resumed at once). Counted
+    /// when the device thread reads the eventfd, so it may lag by the
+    /// writes it has not yet woken up for.
+    pub by_ioeventfd: u64,
+    /// Taken as an exit to the monitor, which signalled the device.
+    pub by_exit: u64,
+}
+
+/// A non-blocking eventfd.
+fn eventfd() -> Result<EventFd, ChannelError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| ChannelError::Setup {
+        mechanism: "virtio",
+        what: "create an eventfd",
+        source,
+    })
+}
+
+/// Adds one to an eventfd's counter (it cannot overflow in practice; a
+/// full counter already wakes the reader).
+fn signal(event: &EventFd) {
+    let _ = event.write(1);
+}
+
+/// What the idle device thread waits for, as an `event-manager`
+/// subscriber: either eventfd readable ends the wait; the counters are
+/// drained so the next wait blocks again.
+struct Wakeups {
+    notify: EventFd,
+    wake: EventFd,
+    counts: Arc<NotifyCounts>,
+}
+
+impl MutEventSubscriber for Wakeups {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.notify.as_raw_fd() {
+            if let Ok(n) = self.notify.read() {
+                self.counts.signalled.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if events.fd() == self.wake.as_raw_fd() {
+            let _ = self.wake.read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for event in [&self.notify, &self.wake] {
+            // A failed registration leaves the thread waking every NAP.
+            if let Err(e) = ops.add(Events::new(event, EventSet::IN)) {
+                tracing::warn!("virtio device: cannot wait on an eventfd: {e}");
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,26 +260,59 @@ impl VirtioChannel {
             stop: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
-            worker: Mutex::new(None),
+            notify: eventfd()?,
+            wake: eventfd()?,
+            notifies: Arc::default(),
             peer_gone: AtomicBool::new(false),
             needs_reset: AtomicBool::new(false),
             used: Mutex::new(0),
             used_changed: Condvar::new(),
         });
+        let setup = |what, source| ChannelError::Setup {
+            mechanism: "virtio",
+            what,
+            source,
+        };
+        let mut waits = EventManager::<Wakeups>::new().map_err(|e| {
+            setup(
+                "create its epoll loop",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        waits.add_subscriber(Wakeups {
+            notify: shared
+                .notify
+                .try_clone()
+                .map_err(|e| setup("dup an eventfd", e))?,
+            wake: shared
+                .wake
+                .try_clone()
+                .map_err(|e| setup("dup an eventfd", e))?,
+            counts: Arc::clone(&shared.notifies),
+        });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("xos-virtio-chan".into())
-            .spawn(move || worker.work(endpoint))
+            .spawn(move || worker.work(endpoint, waits))
             .map_err(|source| ChannelError::Setup {
                 mechanism: "virtio",
                 what: "start the device thread",
                 source,
             })?;
-        *lock(&shared.worker) = Some(thread.thread().clone());
         Ok(Arc::new(VirtioChannel {
             shared,
             thread: Some(thread),
         }))
+    }
+
+    /// How the guest's notifies have reached the device so far.
+    pub fn notifies(&self) -> Notifies {
+        let by_exit = self.shared.notifies.by_exit.load(Ordering::Relaxed);
+        let signalled = self.shared.notifies.signalled.load(Ordering::Relaxed);
+        Notifies {
+            by_ioeventfd: signalled.saturating_sub(by_exit),
+            by_exit,
+        }
     }
 
     /// The device as the monitor attaches it to a VM.
@@ -224,9 +340,7 @@ impl Shared {
         let mut job = lock(&self.job);
         job.take();
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = lock(&self.worker).as_ref() {
-            t.unpark();
-        }
+        signal(&self.wake);
         while self.busy.load(Ordering::SeqCst) {
             job = self
                 .changed
@@ -237,7 +351,7 @@ impl Shared {
     }
 
     /// The device thread: serves one driver session at a time.
-    fn work(self: Arc<Self>, mut channel: Box<dyn Channel>) {
+    fn work(self: Arc<Self>, mut channel: Box<dyn Channel>, mut waits: EventManager<Wakeups>) {
         loop {
             let job = {
                 let mut slot = lock(&self.job);
@@ -259,9 +373,11 @@ impl Shared {
                 tx: job.tx,
                 rx: job.rx,
                 channel,
+                waits,
             };
             device.serve();
             channel = device.channel;
+            waits = device.waits;
             self.busy.store(false, Ordering::SeqCst);
             self.changed.notify_all();
         }
@@ -410,6 +526,15 @@ impl vmm::mmio::MmioDevice for Handle {
         self.0.stop_thread();
         *lock(&self.0.mem) = None;
     }
+
+    fn doorbell(&self) -> Option<vmm::mmio::Doorbell> {
+        // Without a copy of the eventfd the write still reaches `write`.
+        let event = self.0.notify.try_clone().ok()?;
+        Some(vmm::mmio::Doorbell {
+            offset: reg::QUEUE_NOTIFY,
+            event,
+        })
+    }
 }
 
 impl Shared {
@@ -477,9 +602,8 @@ impl Shared {
         bytes[..n].copy_from_slice(&data[..n]);
         let value = u32::from_le_bytes(bytes);
         if offset == reg::QUEUE_NOTIFY {
-            if let Some(t) = lock(&self.worker).as_ref() {
-                t.unpark();
-            }
+            self.notifies.by_exit.fetch_add(1, Ordering::Relaxed);
+            signal(&self.notify);
             return false;
         }
         let mut regs = lock(&self.regs);
@@ -564,6 +688,8 @@ struct DeviceThread<'a> {
     tx: Queue,
     rx: Queue,
     channel: Box<dyn Channel>,
+    /// Where it sleeps when idle (see [`Wakeups`]).
+    waits: EventManager<Wakeups>,
 }
 
 impl DeviceThread<'_> {
@@ -610,7 +736,12 @@ impl DeviceThread<'_> {
                     continue;
                 }
             }
-            std::thread::park_timeout(NAP);
+            // Until the guest notifies (KVM signals the ioeventfd), a stop,
+            // or NAP (the host endpoint has no fd to wait on).
+            if let Err(e) = self.waits.run_with_timeout(NAP.as_millis() as i32) {
+                tracing::warn!("virtio device: epoll wait failed: {e}");
+                std::thread::sleep(NAP);
+            }
         }
     }
 
