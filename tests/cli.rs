@@ -367,7 +367,7 @@ fn every_bad_file_gets_its_own_clear_error_and_exit_code_2() {
             addr: 0x10_0000,
             data: vec![0xf4; 16],
             memsz: 64 << 20,
-            flags: 7,
+            flags: 5,
         }],
     );
     let big = write("big.elf", &huge_bss);

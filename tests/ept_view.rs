@@ -411,3 +411,48 @@ fn the_selftest_passes_here_as_in_bochs() {
     assert!(!tap.contains("not ok"), "{tap}");
     assert!(tap.ends_with("1..8\n"), "{tap}");
 }
+
+/// Only the monitor's trampoline may switch views: an image whose code
+/// holds the bytes of VMFUNC is refused by the ept-view ICF (the same
+/// image is fine as a virtine, where VMFUNC switches nothing).
+#[test]
+fn an_image_with_vmfunc_in_its_code_is_refused_as_a_view() {
+    if !kvm_available() {
+        return;
+    }
+    use xos_vmm::vmm::elf_writer::code_image;
+    use xos_vmm::vmm::ImageError;
+    // vmfunc; hlt
+    let program = Program::parse(code_image(&[0x0f, 0x01, 0xd4, 0xf4])).expect("valid ELF");
+    let registry = Registry::builtin();
+    let err = registry
+        .resolve("ept-view")
+        .expect("ept-view")
+        .create(IcSpec::new(program.clone()))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            IcfError::Image(ImageError::Vmfunc {
+                first: 0x10_0000,
+                count: 1
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("0f 01 d4"), "{err}");
+    let pair = EptViewFactory.create_pair(
+        IcSpec::new(program.clone()),
+        IcSpec::new(Program::parse(code_image(&[0xf4])).expect("valid")),
+    );
+    assert!(
+        matches!(pair, Err(IcfError::Image(ImageError::Vmfunc { .. }))),
+        "a pair with it is refused too"
+    );
+    registry
+        .resolve("virtine")
+        .expect("virtine")
+        .create(IcSpec::new(program))
+        .expect("a virtine may hold the bytes");
+}

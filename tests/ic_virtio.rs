@@ -207,41 +207,36 @@ fn two_vms_call_each_other_through_two_devices() {
     }
 }
 
-/// A guest that waits long enough for the device thread to go to sleep
-/// must notify it (`QueueNotify`), and that write must be taken by KVM's
-/// ioeventfd in the kernel: it never costs an exit to the monitor.
+/// A guest that works between calls finds the device thread asleep and
+/// must notify it (`QueueNotify`); that write is taken by KVM's ioeventfd
+/// in the kernel: it never costs an exit to the monitor.
 #[test]
 fn notifies_reach_the_device_through_kvm_not_the_monitor() {
     if !kvm_available() {
         return;
     }
     for kind in ["vm", "virtine"] {
-        let (mut host, device_end) = RingChannel::pair(64 << 10, Notify::Futex).unwrap();
-        // A slow host end: between replies the device idles past its spin
-        // and sleeps, so the guest's next request has to wake it.
-        let server = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            for _ in 0..20 {
-                host.recv(&mut buf).expect("a request");
-                std::thread::sleep(Duration::from_millis(2));
-                for b in &mut buf {
-                    *b = b.wrapping_add(1);
-                }
-                host.send(&buf).expect("the reply goes out");
-            }
-        });
+        let (host, device_end) = RingChannel::pair(64 << 10, Notify::Futex).unwrap();
+        let server = echo_plus_one(host);
         let device = VirtioChannel::new(Box::new(device_end)).unwrap();
+        // ~1-10 ms of `pause` before each call: far past the device's
+        // 250 us of polling.
         let (outcome, _, err) = run(
             kind,
-            spec("chan-c", &["chan", "call", "20", "8"], Some(device.clone())),
+            spec(
+                "chan-c",
+                &["chan", "slow-call", "10", "8", "200000"],
+                Some(device.clone()),
+            ),
         );
         assert_eq!(outcome.exit, GuestExit::Exited(0), "{kind}: {err}");
-        server.join().expect("20 requests served");
         let notifies = device.notifies();
         assert!(
             notifies.by_ioeventfd > 0,
             "{kind}: the guest never had to notify the device: {notifies:?}"
         );
         assert_eq!(notifies.by_exit, 0, "{kind}: {notifies:?}");
+        drop(device);
+        assert_eq!(server.join().unwrap(), 10);
     }
 }

@@ -69,6 +69,9 @@ impl EptViewFactory {
         {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
+        // Only the trampoline may switch views. (W^X page tables, which
+        // keep a guest from writing the bytes at run time, come next.)
+        spec.program.refuse_vmfunc()?;
         spec.check_no_virtio(NAME)
     }
 

@@ -1,4 +1,4 @@
-/* chan call N SIZE [BATCH] | chan serve: one end of a cross-IC channel,
+/* chan call N SIZE [BATCH] | chan slow-call N SIZE SPINS | chan serve: one end of a cross-IC channel,
  * whichever way the monitor provides it: a channel window mapped into the
  * guest (xos_chan_*, no exit per message) when there is one, else a virtio
  * channel device (xos_vchan_*, no exit per message while its device thread
@@ -15,6 +15,10 @@
  *                     (benchmarks time window calls that way: no exit);
  *                     it then fills the request once and checks only the
  *                     first and last byte of each reply;
+ *   chan slow-call N SIZE SPINS  like call, with SPINS `pause`
+ *                     instructions before each call (a caller that works
+ *                     between calls: a polling device has gone to sleep
+ *                     by then, so the guest has to notify it);
  *   chan serve        answers every request that way until the channel
  *                     fails (the peer closed it), then exits 0.
  *
@@ -87,6 +91,8 @@ static unsigned long long tsc(void)
     return ((unsigned long long)hi << 32) | lo;
 }
 
+static unsigned long long spins_between_calls;
+
 static int call(unsigned long long n, unsigned long long size,
                 unsigned long long batch)
 {
@@ -95,6 +101,8 @@ static int call(unsigned long long n, unsigned long long size,
     int view = !window && !vchan && xos_view_role() == 1;
     unsigned long long stamps = 0;
     for (unsigned long long i = 0; i < n; i++) {
+        for (unsigned long long k = 0; k < spins_between_calls; k++)
+            __builtin_ia32_pause();
         if (batch && i % batch == 0 && stamps <= MAX_BATCHES)
             batch_tsc[stamps++] = tsc();
         /* Timed runs fill the request once and check the reply's ends
@@ -142,7 +150,13 @@ int main(int argc, char **argv)
         parse(argv[2], &n) && parse(argv[3], &size) && size <= MAX_SIZE &&
         (argc == 4 || (parse(argv[4], &batch) && batch > 0)))
         return call(n, size, batch);
-    fprintf(stderr, "usage: chan call N SIZE(<=%d) [BATCH] | chan serve\n",
+    if (argc == 5 && !strcmp(argv[1], "slow-call") && parse(argv[2], &n) &&
+        parse(argv[3], &size) && size <= MAX_SIZE &&
+        parse(argv[4], &spins_between_calls))
+        return call(n, size, 0);
+    fprintf(stderr,
+            "usage: chan call N SIZE(<=%d) [BATCH] | chan slow-call N SIZE "
+            "SPINS | chan serve\n",
             MAX_SIZE);
     return 2;
 }

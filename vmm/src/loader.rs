@@ -124,6 +124,33 @@ pub enum ImageError {
         /// Second segment index.
         b: usize,
     },
+    /// A segment both writable and executable.
+    #[error("segment {index} at {vaddr:#x} is both writable and executable; xos-vmm keeps code and data on separate pages (W^X), so code cannot be rewritten at run time: link with guest-runtime/xos-guest.ld (xos-cc and the Rust image build do)")]
+    WritableAndExecutable {
+        /// Segment index.
+        index: usize,
+        /// `p_vaddr`.
+        vaddr: u64,
+    },
+    /// An executable and a writable segment share a page.
+    #[error("segment {exec} (executable) and segment {writable} (writable) share the page at {page:#x}; xos-vmm keeps code and data on separate pages (W^X): link with guest-runtime/xos-guest.ld, which page-aligns each segment")]
+    SharedPage {
+        /// The executable segment's index.
+        exec: usize,
+        /// The writable segment's index.
+        writable: usize,
+        /// The shared page.
+        page: u64,
+    },
+    /// The code holds the bytes of `VMFUNC`, refused where ICs are EPT
+    /// views.
+    #[error("the image's code holds the bytes of VMFUNC (0f 01 d4) at {first:#x} ({count} place(s) in all); in an EPT-view IC that instruction would switch views without the monitor's trampoline, so such images are refused there. The bytes may be part of another instruction or of data in the code segment: rebuild (another optimization level, or moving constants to .rodata) so that they disappear")]
+    Vmfunc {
+        /// The first guest address holding them.
+        first: u64,
+        /// How many places hold them.
+        count: usize,
+    },
     /// Entry point not in an executable segment.
     #[error("the entry point {0:#x} is not inside an executable segment")]
     EntryOutside(u64),
@@ -160,6 +187,8 @@ pub struct Segment {
     pub offset: u64,
     /// Executable.
     pub exec: bool,
+    /// Writable (never together with `exec`).
+    pub writable: bool,
 }
 
 impl Segment {
@@ -343,8 +372,12 @@ impl Program {
                     memsz,
                     offset,
                     exec: flags & elf::PF_X != 0,
+                    writable: flags & elf::PF_W != 0,
                 },
             ));
+            if flags & elf::PF_X != 0 && flags & elf::PF_W != 0 {
+                return Err(ImageError::WritableAndExecutable { index, vaddr });
+            }
         }
         if segments.is_empty() {
             return Err(ImageError::NoLoadSegments);
@@ -353,6 +386,23 @@ impl Program {
             for (ib, s) in &segments[i + 1..] {
                 if a.range().start < s.range().end && s.range().start < a.range().end {
                     return Err(ImageError::Overlap { a: *ia, b: *ib });
+                }
+            }
+        }
+        // Page permissions come from segments: a page cannot be both.
+        for (ie, e) in segments.iter().filter(|(_, s)| s.exec) {
+            for (iw, w) in segments.iter().filter(|(_, s)| s.writable) {
+                let pages = |s: &Segment| {
+                    s.addr & !(layout::PAGE_SIZE - 1)
+                        ..s.range().end.next_multiple_of(layout::PAGE_SIZE)
+                };
+                let (pe, pw) = (pages(e), pages(w));
+                if pe.start < pw.end && pw.start < pe.end {
+                    return Err(ImageError::SharedPage {
+                        exec: *ie,
+                        writable: *iw,
+                        page: pe.start.max(pw.start),
+                    });
                 }
             }
         }
@@ -382,6 +432,44 @@ impl Program {
     /// The loadable segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segments
+    }
+
+    /// Guest addresses where the executable bytes hold the encoding of
+    /// `VMFUNC` (`0f 01 d4`), at any byte offset (x86 code can be entered
+    /// mid-instruction). An image with EPT views that hold any could switch
+    /// views without the monitor's trampoline.
+    pub fn vmfunc_sites(&self) -> Vec<u64> {
+        const VMFUNC: [u8; 3] = [0x0f, 0x01, 0xd4];
+        let mut sites = Vec::new();
+        for s in self.segments.iter().filter(|s| s.exec) {
+            // Validated: the file bytes lie inside the file.
+            let Some(code) = self
+                .bytes
+                .get(s.offset as usize..(s.offset + s.filesz) as usize)
+            else {
+                continue;
+            };
+            sites.extend(
+                code.windows(VMFUNC.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == VMFUNC)
+                    .map(|(i, _)| s.addr + i as u64),
+            );
+        }
+        sites
+    }
+
+    /// Refuses an image whose code holds the bytes of `VMFUNC` (see
+    /// [`Program::vmfunc_sites`]).
+    pub fn refuse_vmfunc(&self) -> Result<(), ImageError> {
+        let sites = self.vmfunc_sites();
+        match sites.first() {
+            Some(&first) => Err(ImageError::Vmfunc {
+                first,
+                count: sites.len(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// First address above the image.

@@ -272,3 +272,113 @@ fn a_malformed_note_does_not_break_loading() {
             .unwrap();
     p.load(&mem, true).expect("the note is ignored");
 }
+
+#[test]
+fn a_writable_and_executable_segment_is_refused() {
+    let e = err(elf(
+        0x10_0000,
+        &[Seg {
+            addr: 0x10_0000,
+            data: vec![0xf4; 16],
+            memsz: 16,
+            flags: 7, // RWX
+        }],
+    ));
+    assert_eq!(
+        e,
+        ImageError::WritableAndExecutable {
+            index: 0,
+            vaddr: 0x10_0000
+        }
+    );
+    assert!(e.to_string().contains("W^X"), "{e}");
+    assert!(e.to_string().contains("xos-guest.ld"), "{e}");
+}
+
+#[test]
+fn code_and_data_on_one_page_are_refused() {
+    let e = err(elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: vec![0xf4; 0x100],
+                memsz: 0x100,
+                flags: 5, // R X
+            },
+            Seg {
+                addr: 0x10_0800,
+                data: vec![0; 8],
+                memsz: 0x2000,
+                flags: 6, // R W
+            },
+        ],
+    ));
+    assert_eq!(
+        e,
+        ImageError::SharedPage {
+            exec: 0,
+            writable: 1,
+            page: 0x10_0000
+        }
+    );
+    assert!(e.to_string().contains("share the page at 0x100000"), "{e}");
+    // On the next page they are fine.
+    let ok = elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: vec![0xf4; 0x100],
+                memsz: 0x100,
+                flags: 5,
+            },
+            Seg {
+                addr: 0x10_1000,
+                data: vec![0; 8],
+                memsz: 0x2000,
+                flags: 6,
+            },
+        ],
+    );
+    Program::parse(ok).expect("separate pages");
+}
+
+#[test]
+fn vmfunc_bytes_in_code_are_found_at_any_offset() {
+    // nop; vmfunc; hlt; and the bytes again inside a mov's immediate.
+    let mut code = vec![0x90, 0x0f, 0x01, 0xd4, 0xf4];
+    code.extend_from_slice(&[0xb8, 0x0f, 0x01, 0xd4, 0x00]); // mov eax, 0xd4010f
+    let p = Program::parse(code_image(&code)).expect("a valid image");
+    assert_eq!(p.vmfunc_sites(), vec![0x10_0001, 0x10_0006]);
+    let e = p.refuse_vmfunc().expect_err("refused");
+    assert_eq!(
+        e,
+        ImageError::Vmfunc {
+            first: 0x10_0001,
+            count: 2
+        }
+    );
+    assert!(e.to_string().contains("0f 01 d4"), "{e}");
+    // Data segments are not code: the bytes there are no instruction.
+    let data = elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: vec![0xf4; 16],
+                memsz: 16,
+                flags: 5,
+            },
+            Seg {
+                addr: 0x10_1000,
+                data: vec![0x0f, 0x01, 0xd4],
+                memsz: 3,
+                flags: 4,
+            },
+        ],
+    );
+    let p = Program::parse(data).expect("valid");
+    assert!(p.vmfunc_sites().is_empty());
+    p.refuse_vmfunc().expect("no VMFUNC in code");
+}
