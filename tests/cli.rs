@@ -363,12 +363,20 @@ fn every_bad_file_gets_its_own_clear_error_and_exit_code_2() {
     );
     let huge_bss = write_elf(
         0x10_0000,
-        &[SegmentSpec {
-            addr: 0x10_0000,
-            data: vec![0xf4; 16],
-            memsz: 64 << 20,
-            flags: 5,
-        }],
+        &[
+            SegmentSpec {
+                addr: 0x10_0000,
+                data: vec![0xf4; 16],
+                memsz: 16,
+                flags: 5,
+            },
+            SegmentSpec {
+                addr: 0x10_1000,
+                data: vec![0; 16],
+                memsz: 64 << 20,
+                flags: 6,
+            },
+        ],
     );
     let big = write("big.elf", &huge_bss);
     expect_bad_file(&big, "raise --mem");

@@ -165,7 +165,9 @@ impl IsolationContextFactory for EptViewFactory {
     ) -> Result<Box<dyn IsolationContext>, IcfError> {
         image.validate()?;
         Self::check(&image.spec)?;
-        Ok(Box::new(Self::alone(&image.spec, Some(&image.state))?))
+        let ProcessImage { state, spec } = image;
+        let state = state.with_code(spec.program.segments());
+        Ok(Box::new(Self::alone(&spec, Some(&state))?))
     }
 }
 

@@ -419,6 +419,10 @@ fn run_on_this_thread(
         None => GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)
             .map_err(|e| e.to_string()),
     };
+    let laid_out = laid_out.and_then(|layout| {
+        crate::trap::protect_image(spec.program.segments())?;
+        Ok(layout)
+    });
     let prepared = laid_out.and_then(|layout| {
         let Some(end) = &spec.window else {
             return Ok((layout, mem, None, None));

@@ -123,9 +123,9 @@ pub fn decode_doorbell_write(code: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Maps the guest layout at its fixed addresses in this process:
-/// `[MAP_BASE, mem_size)` readable, writable and executable (like guest
-/// memory in a VM, which has no NX), the stack guard and the doorbell page
-/// with no access. Fails if anything is mapped there already (another
+/// `[MAP_BASE, mem_size)` readable and writable but not executable (like
+/// guest memory in a VM; [`protect_image`] then makes the image's code
+/// executable), the stack guard and the doorbell page with no access. Fails if anything is mapped there already (another
 /// guest of this process, say).
 pub fn map_guest(mem_size: u64) -> Result<GuestMemoryMmap, String> {
     let len = (mem_size - MAP_BASE) as usize;
@@ -154,11 +154,7 @@ pub fn map_guest(mem_size: u64) -> Result<GuestMemoryMmap, String> {
             ))
         }
     };
-    fixed(
-        MAP_BASE,
-        len,
-        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-    )?;
+    fixed(MAP_BASE, len, libc::PROT_READ | libc::PROT_WRITE)?;
     if let Err(e) = fixed(DOORBELL, layout::PAGE_SIZE as usize, libc::PROT_NONE) {
         // SAFETY: unmaps the range mapped just above.
         unsafe { libc::munmap(MAP_BASE as *mut libc::c_void, len) };
@@ -187,6 +183,33 @@ pub fn map_guest(mem_size: u64) -> Result<GuestMemoryMmap, String> {
     let region =
         GuestRegionMmap::new(region, GuestAddress(MAP_BASE)).ok_or("guest memory region")?;
     GuestMemoryMmap::from_regions(vec![region]).map_err(|e| e.to_string())
+}
+
+/// Gives the image's pages in the mapping of [`map_guest`] its segments'
+/// permissions, as a VM's page tables do (W^X): code read and execute,
+/// read-only data read; writable segments stay read and write. Call once
+/// the image or a carried-over state is in place.
+pub fn protect_image(segments: &[vmm::Segment]) -> Result<(), String> {
+    for s in segments.iter().filter(|s| !s.writable) {
+        let start = s.addr & !(layout::PAGE_SIZE - 1);
+        let end = s.range().end.next_multiple_of(layout::PAGE_SIZE);
+        let prot = if s.exec {
+            libc::PROT_READ | libc::PROT_EXEC
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: the loader placed every segment inside guest memory
+        // (at or above the image base), which `map_guest` mapped; this
+        // only changes the permissions of those pages.
+        let r = unsafe { libc::mprotect(start as *mut libc::c_void, (end - start) as usize, prot) };
+        if r != 0 {
+            return Err(format!(
+                "cannot protect the image's pages {start:#x}..{end:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Unmaps what [`map_guest`] mapped.

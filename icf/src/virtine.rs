@@ -56,7 +56,9 @@ impl IsolationContextFactory for VirtineFactory {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
         image.validate()?;
-        let start = Start::Pivot(Box::new(image.state));
+        let start = Start::Pivot(Box::new(
+            image.state.with_code(image.spec.program.segments()),
+        ));
         Ok(Box::new(Virtine::with_start(start, image.spec)?))
     }
 

@@ -222,7 +222,7 @@ pub fn first_exit_bare(samples: usize) -> anyhow::Result<Vec<u64>> {
         let mut machine =
             Machine::new(DEFAULT_MEM_SIZE, Privilege::User).context("Machine::new")?;
         machine
-            .write(IMAGE_BASE, &code)
+            .write_code(IMAGE_BASE, &code)
             .context("writing the loop")?;
         machine.set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);
         let start = Instant::now();

@@ -43,7 +43,7 @@ fn two_views(code: &[u8]) -> anyhow::Result<ViewMachine> {
     let mut vm = ViewMachine::new(2, vmm::memory::DEFAULT_MEM_SIZE, Privilege::User)
         .context("cannot create a VM with two views")?;
     for view in 0..2 {
-        vm.write(view, IMAGE_BASE, code)
+        vm.write_code(view, IMAGE_BASE, code)
             .context("cannot write the trampoline")?;
     }
     vm.machine().set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);

@@ -358,7 +358,7 @@ pub fn measure_exit_roundtrip(samples: usize) -> anyhow::Result<Vec<u64>> {
     let mut machine = Machine::new(vmm::memory::DEFAULT_MEM_SIZE, Privilege::User)
         .context("cannot create the VM")?;
     machine
-        .write(IMAGE_BASE, &exit_loop_code())
+        .write_code(IMAGE_BASE, &exit_loop_code())
         .context("cannot write the loop into guest memory")?;
     machine.set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);
 

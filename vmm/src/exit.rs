@@ -268,6 +268,19 @@ impl fmt::Display for GuestExit {
                                 regs.cr2,
                                 describe_address(regs.cr2, *mem_size)
                             )?;
+                            // Bit 0: the page is present, so its permissions
+                            // refused the access.
+                            match e.error_code {
+                                Some(c) if c & 0x11 == 0x11 => write!(
+                                    f,
+                                    ", which is not executable (W^X: only the image's code pages are)"
+                                )?,
+                                Some(c) if c & 0x3 == 0x3 => write!(
+                                    f,
+                                    ", which is read-only (the image's code or read-only data)"
+                                )?,
+                                _ => {}
+                            }
                         }
                     }
                     Fault::UnmappedAccess { addr, write } => write!(

@@ -16,6 +16,9 @@ pub enum LayoutError {
     /// The image does not fit.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The image's page permissions could not be set.
+    #[error(transparent)]
+    Arch(#[from] crate::arch::ArchError),
     /// Arguments plus environment are too large.
     #[error("the arguments and environment take {size} bytes; at most {max} bytes are supported", max = layout::MAX_ARGS_SIZE)]
     ArgsTooLarge {
@@ -202,6 +205,14 @@ impl GuestLayout {
         let layout = GuestLayout::compute(mem_size, provisional.bytes.len() as u64, setup.program)?;
         let block = encode_args(layout.args, setup.args, setup.env)?;
         setup.program.load(mem, fresh)?;
+        // A VM's memory holds its page tables: give the image's pages its
+        // segments' permissions there (host ICs map theirs themselves).
+        if vm_memory::GuestMemoryBackend::address_in_range(
+            mem,
+            GuestAddress(crate::arch::system::PT_LOW),
+        ) {
+            crate::arch::paging::protect_image(mem, setup.program.segments())?;
+        }
         write(mem, "argument block", layout.args, &block.bytes)?;
 
         let mut chunk = vec![0u8; layout.stdin_cap as usize];

@@ -56,6 +56,6 @@ pub use exit::{Fault, GuestExit, GuestRegs, RunStats};
 pub use host_fn::HostFunctions;
 pub use interrupt::Interrupter;
 pub use io::{GuestIo, SharedBuffer};
-pub use loader::{ImageError, Program};
+pub use loader::{ImageError, Program, Segment};
 pub use runner::{run_program, RunConfig, RunError, RunOutcome};
 pub use window::SharedWindow;

@@ -192,6 +192,18 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A code segment of `len` bytes at `addr` (for hand-assembled code).
+    pub fn code(addr: u64, len: usize) -> Segment {
+        Segment {
+            addr,
+            filesz: len as u64,
+            memsz: len as u64,
+            offset: 0,
+            exec: true,
+            writable: false,
+        }
+    }
+
     /// Guest addresses the segment occupies.
     pub fn range(&self) -> Range<u64> {
         self.addr..self.addr + self.memsz

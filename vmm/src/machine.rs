@@ -477,6 +477,14 @@ impl Machine {
         arch::write_bytes(&self.mem, addr, bytes).map_err(MachineError::from)
     }
 
+    /// Writes hand-assembled code at `addr` and maps its pages read-only
+    /// and executable (guest memory is otherwise not executable).
+    pub fn write_code(&self, addr: u64, code: &[u8]) -> Result<(), MachineError> {
+        self.write(addr, code)?;
+        arch::paging::protect_image(&self.mem, &[crate::loader::Segment::code(addr, code.len())])
+            .map_err(MachineError::from)
+    }
+
     /// The address of the exception stack top (for reading fault frames).
     pub fn exception_stack_top() -> u64 {
         system::EXCEPTION_STACK_TOP

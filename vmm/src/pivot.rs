@@ -13,6 +13,7 @@
 //! memory.
 
 use crate::exit::GuestRegs;
+use crate::loader::Segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xos_abi::layout;
 
@@ -47,6 +48,11 @@ pub struct EfState {
     pub regions: Vec<(u64, Vec<u8>)>,
     /// General registers, RIP just past the `SAFE_POINT` doorbell write.
     pub regs: GuestRegs,
+    /// The image's segments, whose page permissions (W^X) a VM restoring
+    /// this state applies ([`EfState::protect_code`]). Not captured: the
+    /// IC that continues the flow sets them from its image
+    /// ([`EfState::with_code`]); host ICs do not need them.
+    pub code: Vec<Segment>,
 }
 
 /// The user-memory ranges an EF owns: the BootInfo page, and everything
@@ -116,6 +122,7 @@ impl EfState {
             mem_size,
             regions,
             regs,
+            code: Vec::new(),
         })
     }
 
@@ -154,6 +161,25 @@ impl EfState {
                 addr: ret.0,
                 source,
             })
+    }
+
+    /// The state with the image segments `code` (see [`EfState::code`]).
+    pub fn with_code(mut self, code: &[Segment]) -> EfState {
+        self.code = code.to_vec();
+        self
+    }
+
+    /// Gives the restored memory's image pages their permissions (code
+    /// read-only and executable; everything else stays not executable).
+    /// Call after [`EfState::restore_into`] on a VM's memory.
+    pub fn protect_code(&self, mem: &GuestMemoryMmap) -> Result<(), PivotError> {
+        if !self.code.iter().any(|s| s.exec) {
+            return Err(PivotError::Invalid(
+                "the state names no code segment, so a VM could execute nothing of it (set it with EfState::with_code)".into(),
+            ));
+        }
+        crate::arch::paging::protect_image(mem, &self.code)
+            .map_err(|e| PivotError::Invalid(format!("its code cannot be mapped: {e}")))
     }
 
     /// Checks the memory size and that every region is user memory.
@@ -234,6 +260,7 @@ impl EfState {
             mem_size,
             regions,
             regs,
+            code: Vec::new(),
         };
         state.validate()?;
         Ok(state)
@@ -307,6 +334,7 @@ mod tests {
                 cpl: 3,
                 ..GuestRegs::default()
             },
+            code: Vec::new(),
         }
     }
 

@@ -367,6 +367,7 @@ pub fn run_from_state(
     let vcpu = create_vcpu(&vm)?;
     let mem = prepare_memory(mem_size)?;
     state.restore_into(&mem)?;
+    state.protect_code(&mem)?;
     let layout = GuestLayout::read(&mem, mem_size)?;
     let mem = attach_extras(mem, config)?;
     let shell = VmShell::register(vm, mem, mem_size)?;

@@ -242,6 +242,17 @@ impl ViewMachine {
             .map_err(|e| ViewError::Machine(MachineError::from(e)))
     }
 
+    /// Writes hand-assembled code at `addr` of view `view` and maps its
+    /// pages read-only and executable there.
+    pub fn write_code(&self, view: usize, addr: u64, code: &[u8]) -> Result<(), ViewError> {
+        self.write(view, addr, code)?;
+        arch::paging::protect_image(
+            self.view(view)?,
+            &[crate::loader::Segment::code(addr, code.len())],
+        )
+        .map_err(|e| ViewError::Machine(MachineError::from(e)))
+    }
+
     fn write_control(&self, view: usize, control: &ViewControl) -> Result<(), ViewError> {
         self.view(view)?
             .write_obj(*control, GuestAddress(VIEW_CONTROL))

@@ -456,6 +456,7 @@ impl Host {
                         )));
                     }
                     ef.restore_into(mem)
+                        .and_then(|()| ef.protect_code(mem))
                         .map_err(|e| failed(format!("its state could not be restored: {e}")))?;
                     let layout = GuestLayout::read(mem, mem_size)
                         .map_err(|e| failed(format!("its state has no usable layout: {e}")))?;

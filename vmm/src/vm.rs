@@ -104,6 +104,7 @@ fn boot(source: &BootSource<'_>, config: &RunConfig) -> Result<(Machine, GuestLa
         }
         BootSource::State(state) => {
             state.restore_into(&mem)?;
+            state.protect_code(&mem)?;
             GuestLayout::read(&mem, mem_size)?
         }
     };

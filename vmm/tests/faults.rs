@@ -240,7 +240,7 @@ fn triple_fault_is_reported_as_such() {
     use vmm::arch::cpu::Privilege;
     use vmm::machine::Machine;
     let mut m = Machine::new(4 << 20, Privilege::Kernel).unwrap();
-    m.write(0x10_0000, &[0x0f, 0x0b]).unwrap();
+    m.write_code(0x10_0000, &[0x0f, 0x0b]).unwrap();
     m.set_entry(0x10_0000, 0x10_0000, 0);
     let exit = m.run().unwrap();
     assert!(matches!(exit, kvm_ioctls::VcpuExit::Shutdown), "{exit:?}");
@@ -332,4 +332,81 @@ fn the_vcpu_thread_cannot_make_forbidden_syscalls() {
     assert!(fd >= 0);
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
+}
+
+#[test]
+fn data_pages_are_not_executable() {
+    if !kvm_available() {
+        return;
+    }
+    // mov byte [0x200000], 0xc3 (ret); mov eax, 0x200000; call rax
+    let code = [
+        0xc6, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, 0xc3, // mov byte [0x200000], 0xc3
+        0xb8, 0x00, 0x00, 0x20, 0x00, // mov eax, 0x200000
+        0xff, 0xd0, // call rax
+    ];
+    let exit = run_code(&code, RunConfig::default());
+    let (vector, cr2, rip) = exception(&exit);
+    assert_eq!((vector, cr2, rip), (14, 0x20_0000, 0x20_0000));
+    let text = exit.to_string();
+    assert!(
+        text.contains("instruction fetch of address 0x200000"),
+        "{text}"
+    );
+    assert!(text.contains("not executable (W^X"), "{text}");
+    // The stack is data too: push a ret, jump to it.
+    let code = [
+        0x6a, 0xc3, // push 0xffffffffffffffc3 (its low byte: ret)
+        0xff, 0xe4, // jmp rsp
+    ];
+    let exit = run_code(&code, RunConfig::default());
+    let (vector, _, rip) = exception(&exit);
+    assert_eq!(vector, 14);
+    assert!(rip < 0x10_0000, "it faulted on the stack: {rip:#x}");
+}
+
+#[test]
+fn code_pages_are_read_only() {
+    if !kvm_available() {
+        return;
+    }
+    // mov byte [0x100000], 0x90: the first byte of this very code.
+    let exit = run_code(
+        &[0xc6, 0x04, 0x25, 0x00, 0x00, 0x10, 0x00, 0x90],
+        RunConfig::default(),
+    );
+    let (vector, cr2, rip) = exception(&exit);
+    assert_eq!((vector, cr2, rip), (14, 0x10_0000, 0x10_0000));
+    let text = exit.to_string();
+    assert!(text.contains("write of address 0x100000"), "{text}");
+    assert!(text.contains("read-only"), "{text}");
+}
+
+#[test]
+fn code_too_high_for_its_page_tables_is_a_clear_error() {
+    if !kvm_available() {
+        return;
+    }
+    // 9 MiB of code (mostly .bss in an executable segment): its pages
+    // above 8 MiB could not get their own permissions.
+    let program = Program::parse(elf(
+        0x10_0000,
+        &[Seg {
+            addr: 0x10_0000,
+            data: vec![0xf4; 16],
+            memsz: 9 << 20,
+            flags: 5,
+        }],
+    ))
+    .expect("a valid ELF");
+    let (io, _out, _err) = GuestIo::capture(Vec::new());
+    let config = RunConfig {
+        mem_size: 64 << 20,
+        ..RunConfig::default()
+    };
+    let e = vmm::run_program(&program, &config, io, &Interrupter::new())
+        .expect_err("refused before it runs");
+    let text = e.to_string();
+    assert!(text.contains("W^X"), "{text}");
+    assert!(text.contains("0x800000"), "{text}");
 }

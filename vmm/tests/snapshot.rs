@@ -39,7 +39,7 @@ fn a_restored_guest_continues_where_it_stopped() {
         return;
     }
     let mut m = Machine::new(4 << 20, Privilege::User).expect("machine");
-    m.write(0x10_0000, &program()).expect("code");
+    m.write_code(0x10_0000, &program()).expect("code");
     m.set_entry(0x10_0000, 0x10_0000, 0x20000);
     assert_eq!(run_to_doorbell(&mut m), 7);
     let file = Snapshot::capture(&m).expect("capture").encode();

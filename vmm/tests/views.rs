@@ -52,7 +52,7 @@ fn one_address_reads_each_views_own_bytes() {
     code.extend(load(MARKER));
     code.extend(report());
     for view in 0..3 {
-        vm.write(view, IMAGE_BASE, &code).unwrap();
+        vm.write_code(view, IMAGE_BASE, &code).unwrap();
         vm.write(
             view,
             MARKER,
@@ -95,7 +95,7 @@ fn a_view_writes_only_its_own_memory() {
     code.extend(load(MARKER));
     code.extend(report());
     for view in 0..2 {
-        vm.write(view, IMAGE_BASE, &code).unwrap();
+        vm.write_code(view, IMAGE_BASE, &code).unwrap();
     }
     vm.machine().set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);
     // The store runs in view 0, the switch (its code is the same in view 1)
@@ -117,7 +117,7 @@ fn a_switch_to_a_missing_view_is_refused() {
     let mut vm = views(2);
     let code = doorbell(VIEW_SWITCH | 7 << 16);
     for view in 0..2 {
-        vm.write(view, IMAGE_BASE, &code).unwrap();
+        vm.write_code(view, IMAGE_BASE, &code).unwrap();
     }
     vm.machine().set_entry(IMAGE_BASE, STACK_TOP, BOOT_INFO);
     let e = vm.step().unwrap_err();

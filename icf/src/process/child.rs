@@ -140,6 +140,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
                 .unwrap_or_else(|e| fail(&e.to_string()))
         }
     };
+    crate::trap::protect_image(program.segments()).unwrap_or_else(|e| fail(&e));
     let window_side = window.map(|(side, _)| side);
     let (mem, window) = match window {
         None => (mem, None),

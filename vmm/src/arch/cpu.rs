@@ -13,7 +13,7 @@ pub const CR0: u64 = 0x8001_0033;
 /// CR4: PAE, OS supports FXSAVE/FXRSTOR and unmasked SSE exceptions.
 pub const CR4: u64 = 0x620;
 /// EFER: long mode enabled and active.
-pub const EFER: u64 = 0x500;
+pub const EFER: u64 = 0xd00;
 /// RFLAGS at entry: only the reserved bit 1. IOPL stays 0: hypercalls use
 /// the MMIO doorbell (`xos_abi::DOORBELL`), because KVM backends that run
 /// guest user mode on the host's ring 3 (PVM) force IOPL to 0 anyway.

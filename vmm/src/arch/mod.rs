@@ -44,6 +44,13 @@ pub mod system {
     pub const PT_WINDOW: u64 = PD_WINDOW + 0x1000;
     /// Page directory mapping the virtio device page (`xos_abi::VIRTIO_MMIO`).
     pub const PD_VIRTIO: u64 = PT_WINDOW + 0x1000;
+    /// Page tables for the 2 MiB regions above the first 2 MiB that hold
+    /// code or read-only data ([`IMAGE_PTS`] of them): those need 4 KiB
+    /// pages for their permissions (see `paging::protect_image`).
+    pub const PT_IMAGE: u64 = PD_VIRTIO + 0x1000;
+    /// How many [`PT_IMAGE`] tables there are: code and read-only data
+    /// must end below 2 MiB + this many 2 MiB regions (8 MiB).
+    pub const IMAGE_PTS: u64 = 3;
     /// Top of the CPL0 stack used while an exception stub runs.
     pub const EXCEPTION_STACK_TOP: u64 = 0x2_0000;
 }
@@ -63,6 +70,14 @@ pub enum ArchError {
     /// More memory than the page tables can map.
     #[error("guest memory of {0} bytes is more than the {max} GiB the page tables map", max = system::MAX_PDS)]
     TooMuchMemory(u64),
+    /// Code or read-only data too high for the image page tables.
+    #[error("the image's code or read-only data reaches {end:#x}; xos-vmm maps them with their own permissions (W^X) only below {limit:#x}: link the image's code and read-only data lower (xos-guest.ld puts them first)")]
+    ProtectedTooHigh {
+        /// End of the segment.
+        end: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A channel window of an unusable size.
     #[error("a channel window of {0} bytes cannot be mapped: it must be a non-zero multiple of 4 KiB, at most {max} bytes", max = xos_abi::MAX_WINDOW_SIZE)]
     BadWindow(u64),

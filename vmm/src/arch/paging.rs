@@ -2,19 +2,27 @@
 //!
 //! The first 2 MiB use 4 KiB pages so that the null page and the stack guard
 //! are unmapped and the system area is supervisor-only; the rest of guest
-//! memory is mapped with 2 MiB user pages. Beyond guest memory only the
+//! memory is mapped with 2 MiB user pages. User memory is writable and not
+//! executable (EFER.NXE is on) except the image's pages, which follow its
+//! segments once [`protect_image`] ran: code read-only and executable,
+//! read-only data read-only (W^X: a guest cannot write code it then runs). Beyond guest memory only the
 //! hypercall doorbell is mapped (a 2 MiB user page at `xos_abi::DOORBELL`
 //! with no memory behind it, so writes there exit as MMIO); any other
 //! stray access faults with the address in CR2.
 
 use super::{system, write_bytes, ArchError};
-use vm_memory::GuestMemoryMmap;
+use crate::loader::Segment;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use xos_abi::layout;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
+/// Execute-disable (needs EFER.NXE, which `cpu::EFER` sets).
+const NX: u64 = 1 << 63;
+/// A user data page: readable, writable, not executable.
+const USER_DATA: u64 = PRESENT | WRITABLE | USER | NX;
 
 const TABLE: u64 = PRESENT | WRITABLE | USER;
 const GIB: u64 = 1 << 30;
@@ -30,7 +38,7 @@ pub enum LowPage {
     /// Present, writable, user accessible.
     User,
     /// Present, user readable and executable, not writable (CR0.WP makes
-    /// that hold at CPL0 too).
+    /// that hold at CPL0 too): the monitor's resume trampoline.
     UserReadOnly,
 }
 
@@ -67,7 +75,7 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
 
     let mut doorbell = [0u64; 512];
     doorbell[((xos_abi::DOORBELL % GIB) / LARGE_PAGE) as usize] =
-        xos_abi::DOORBELL | PRESENT | WRITABLE | USER | LARGE;
+        xos_abi::DOORBELL | USER_DATA | LARGE;
     write_table(mem, system::PD_DOORBELL, &doorbell)?;
 
     let mut pt = [0u64; 512];
@@ -76,7 +84,7 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
         *entry = match low_page(addr) {
             LowPage::Unmapped => 0,
             LowPage::Supervisor => addr | PRESENT | WRITABLE,
-            LowPage::User => addr | PRESENT | WRITABLE | USER,
+            LowPage::User => addr | USER_DATA,
             LowPage::UserReadOnly => addr | PRESENT | USER,
         };
     }
@@ -92,7 +100,7 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
             *entry = if addr == 0 {
                 system::PT_LOW | TABLE
             } else {
-                addr | PRESENT | WRITABLE | USER | LARGE
+                addr | USER_DATA | LARGE
             };
         }
         write_table(mem, system::PD_BASE + pd_index * layout::PAGE_SIZE, &pd)?;
@@ -106,7 +114,7 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), ArchError> {
 pub fn map_view_pages(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
     let entry = |page: u64| system::PT_LOW + (page / layout::PAGE_SIZE) * 8;
     let trampoline = layout::VIEW_TRAMPOLINE | PRESENT | USER;
-    let control = layout::VIEW_CONTROL | PRESENT | WRITABLE | USER;
+    let control = layout::VIEW_CONTROL | USER_DATA;
     write_bytes(
         mem,
         entry(layout::VIEW_TRAMPOLINE),
@@ -145,7 +153,7 @@ pub fn write_window_at(mem: &GuestMemoryMmap, size: u64, gpa: u64) -> Result<(),
         .take((size / layout::PAGE_SIZE) as usize)
         .enumerate()
     {
-        *entry = (gpa + i as u64 * layout::PAGE_SIZE) | PRESENT | WRITABLE | USER;
+        *entry = (gpa + i as u64 * layout::PAGE_SIZE) | USER_DATA;
     }
     write_table(mem, system::PT_WINDOW, &pt)
 }
@@ -158,8 +166,73 @@ pub fn write_virtio_page(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
     write_bytes(mem, pdpt_entry, &(system::PD_VIRTIO | TABLE).to_le_bytes())?;
     let mut pd = [0u64; 512];
     pd[((xos_abi::VIRTIO_MMIO % GIB) / LARGE_PAGE) as usize] =
-        xos_abi::VIRTIO_MMIO | PRESENT | WRITABLE | USER | LARGE;
+        xos_abi::VIRTIO_MMIO | USER_DATA | LARGE;
     write_table(mem, system::PD_VIRTIO, &pd)
+}
+
+/// Gives the image's pages its segments' permissions: code read-only and
+/// executable, read-only data read-only and not executable; writable
+/// segments keep the default (writable, not executable). Call after
+/// [`write`] on memory the image is loaded into; segments must be W^X and
+/// not share pages (the loader checks both). Pages above 2 MiB that need
+/// other than the default get 4 KiB tables from `system::PT_IMAGE`.
+pub fn protect_image(mem: &GuestMemoryMmap, segments: &[Segment]) -> Result<(), ArchError> {
+    let limit = LARGE_PAGE * (1 + system::IMAGE_PTS);
+    let mut next_pt = 0;
+    for s in segments.iter().filter(|s| !s.writable) {
+        let end = s.range().end.next_multiple_of(layout::PAGE_SIZE);
+        if end > limit {
+            return Err(ArchError::ProtectedTooHigh { end, limit });
+        }
+        let flags = if s.exec {
+            PRESENT | USER
+        } else {
+            PRESENT | USER | NX
+        };
+        let mut page = s.addr & !(layout::PAGE_SIZE - 1);
+        while page < end {
+            let table = if page < LARGE_PAGE {
+                system::PT_LOW
+            } else {
+                large_page_table(mem, page, &mut next_pt)?
+            };
+            let entry = table + ((page % LARGE_PAGE) / layout::PAGE_SIZE) * 8;
+            write_bytes(mem, entry, &(page | flags).to_le_bytes())?;
+            page += layout::PAGE_SIZE;
+        }
+    }
+    Ok(())
+}
+
+/// The 4 KiB page table of the 2 MiB region holding `page` (above the
+/// first 2 MiB, below the limit `protect_image` checked): the one already
+/// there, or a new one from `system::PT_IMAGE` with the large page's
+/// mapping split into 4 KiB user data pages.
+fn large_page_table(mem: &GuestMemoryMmap, page: u64, next_pt: &mut u64) -> Result<u64, ArchError> {
+    let region = page & !(LARGE_PAGE - 1);
+    // Below 1 GiB: the first page directory.
+    let pd_entry = system::PD_BASE + (region / LARGE_PAGE) * 8;
+    let mut bytes = [0u8; 8];
+    mem.read_slice(&mut bytes, vm_memory::GuestAddress(pd_entry))
+        .map_err(|source| ArchError::Write {
+            addr: pd_entry,
+            source,
+        })?;
+    let current = u64::from_le_bytes(bytes);
+    if current & PRESENT != 0 && current & LARGE == 0 {
+        return Ok(current & 0x000f_ffff_ffff_f000);
+    }
+    let table = system::PT_IMAGE + *next_pt * layout::PAGE_SIZE;
+    *next_pt += 1;
+    let mut pt = [0u64; 512];
+    if current & PRESENT != 0 {
+        for (i, entry) in pt.iter_mut().enumerate() {
+            *entry = (region + i as u64 * layout::PAGE_SIZE) | USER_DATA;
+        }
+    }
+    write_table(mem, table, &pt)?;
+    write_bytes(mem, pd_entry, &(table | TABLE).to_le_bytes())?;
+    Ok(table)
 }
 
 fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: &[u64; 512]) -> Result<(), ArchError> {
