@@ -167,3 +167,46 @@ fn thread_ics_run_one_at_a_time_and_keep_the_monitor_alive() {
         t.join().expect("caller");
     }
 }
+
+/// Host ICs map the image like a VM's page tables do (W^X): a guest that
+/// writes code into its data and calls it faults instead of running it,
+/// in every kind of IC. Without the protection the same program exits 7.
+#[test]
+fn code_written_into_data_does_not_run_in_any_kind() {
+    use xos_vmm::vmm::elf_writer::code_image;
+    let registry = Registry::with_process_helper(Some(Helper {
+        program: env!("CARGO_BIN_EXE_xos-vmm").into(),
+        args: vec!["__process-ic".into()],
+    }));
+    let mut code = vec![
+        0xc6, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, 0xc3, // mov byte [0x200000], 0xc3 (ret)
+        0xb8, 0x00, 0x00, 0x20, 0x00, // mov eax, 0x200000
+        0xff, 0xd0, // call rax
+        // mov qword [BootInfo.hypercall.args[0]], 7
+        0x48, 0xc7, 0x04, 0x25,
+    ];
+    code.extend_from_slice(&(0x20000u32 + 144).to_le_bytes());
+    code.extend_from_slice(&7u32.to_le_bytes());
+    code.push(0xb8); // mov eax, EXIT
+    code.extend_from_slice(&1u32.to_le_bytes());
+    code.push(0xa3); // movabs [DOORBELL], eax
+    code.extend_from_slice(&xos_abi::DOORBELL.to_le_bytes());
+    let image = code_image(&code);
+    let kinds: &[&str] = if support::kvm_available() {
+        &["process", "thread", "virtine", "vm"]
+    } else {
+        &["process", "thread"]
+    };
+    for kind in kinds {
+        let f = Function::from_elf(image.clone())
+            .expect("image")
+            .on(&registry, kind)
+            .expect("ICF available");
+        let r = f.call(b"").expect("call");
+        assert!(
+            matches!(r.exit, GuestExit::Faulted { .. }),
+            "{kind}: the code written into data ran: {}",
+            r.exit
+        );
+    }
+}
