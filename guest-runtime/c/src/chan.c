@@ -22,9 +22,13 @@
  * may-sleep mode (the peer wakes it) instead of spinning on, because a
  * spinner that never gives way makes each hand-off cost a time slice. */
 #define PREEMPTED_GAP (1ull << 20)
-/* Spin mode: spins before a preempted waiter (in this wait or the last)
+/* Spin mode: spins before a preempted waiter (in this wait or lately)
  * sleeps; a wait the peer ends sooner, unpreempted, returns to spinning. */
 #define SPINS_WHEN_PREEMPTED 64u
+/* Spin mode: every this many early-sleeping waits, one spins SLEEP_AFTER
+ * first (a probe); if the peer answers meanwhile it is merely slow, and
+ * waits spin again. */
+#define PROBE_EVERY 64u
 /* Longest sleep per WINDOW_WAIT, in microseconds (the monitor caps it). */
 #define NAP_US 20000u
 
@@ -34,7 +38,9 @@ static struct {
     uint32_t cap;
     uint32_t side;
     int may_sleep;
-    int preempted; /* spin mode: the last wait was preempted and slept */
+    /* spin mode: 0 while waits spin; after a preempted wait, 1 + the
+     * number of waits since that sleep early */
+    uint32_t sleepy;
 } ring;
 
 static uint64_t tsc(void)
@@ -87,7 +93,9 @@ static int peer_closed(void)
 static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
 {
     uint32_t spins = 0;
-    int preempted = !ring.may_sleep && ring.preempted;
+    uint32_t sleepy = ring.may_sleep ? 0 : ring.sleepy;
+    int probe = sleepy && sleepy % PROBE_EVERY == 0;
+    int preempted = 0, slept = 0;
     uint64_t last_look = tsc();
     for (;;) {
         uint32_t v = load(off);
@@ -95,7 +103,9 @@ static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
             /* A wait that ends before its first spin says nothing: the
              * peer may have answered while this vCPU did not run. */
             if (!ring.may_sleep && spins)
-                ring.preempted = preempted && spins >= SPINS_WHEN_PREEMPTED;
+                ring.sleepy = preempted         ? 1
+                              : sleepy && slept ? sleepy + 1
+                                                : 0;
             return v;
         }
         spins++;
@@ -113,15 +123,20 @@ static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
                     preempted = 1;
                 last_look = now;
             }
-            sleep = preempted && spins >= SPINS_WHEN_PREEMPTED;
+            if (probe && !preempted)
+                sleep = spins >= SLEEP_AFTER;
+            else
+                sleep = (preempted || sleepy) && spins >= SPINS_WHEN_PREEMPTED;
         }
         if (sleep || spins % ASK_EVERY == 0) {
             long r = 0;
             if (sleep)
                 store(sleeps_off, 1);
-            if (load(off) == seen)
+            if (load(off) == seen) {
                 r = xos_hypercall(XOS_HC_WINDOW_WAIT, off, seen,
                                   sleep ? NAP_US : 0, 0, 0, 0);
+                slept |= sleep;
+            }
             if (sleep)
                 store(sleeps_off, 0);
             last_look = tsc();

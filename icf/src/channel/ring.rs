@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,10 +62,15 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(250);
 /// yield pushes the yielder's deadline a slice back, and a waiter that
 /// yields often starves beside busy threads.
 const PREEMPTED_GAP: Duration = Duration::from_micros(500);
-/// Spins before a polling waiter that was preempted (in this wait or the
-/// last) sleeps. A wait the peer ends within these spins, without a
+/// Spins before a polling waiter that was preempted (in this wait or
+/// lately) sleeps. A wait the peer ends within these spins, without a
 /// preemption, returns the endpoint to pure spinning.
 const SPINS_WHEN_PREEMPTED: u32 = 64;
+/// Every this many early-sleeping waits, one spins [`SPIN_BEFORE_SLEEP`]
+/// first (a probe): if the peer answers meanwhile, it runs and is merely
+/// slower than [`SPINS_WHEN_PREEMPTED`], and the endpoint spins again; a
+/// peer that cannot run while we spin costs that once per this many.
+const PROBE_EVERY: u32 = 64;
 /// How often a waiter looks whether the peer process still lives.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
@@ -104,9 +109,10 @@ pub struct RingChannel {
     /// Whether dropping this endpoint marks its side closed in the shared
     /// page (not for a mapping that failed validation).
     announce_close: bool,
-    /// Whether our last polling wait saw us preempted or had to sleep
-    /// (see [`PREEMPTED_GAP`]).
-    preempted: AtomicBool,
+    /// Polling: 0 while waits spin; after a preempted wait, 1 + the number
+    /// of waits since that sleep early (see [`PREEMPTED_GAP`],
+    /// [`PROBE_EVERY`]).
+    sleepy: AtomicU32,
 }
 
 /// Where an `acquire`d message is being built.
@@ -289,7 +295,7 @@ impl RingChannel {
             acquired: None,
             staging: Vec::new(),
             announce_close: true,
-            preempted: AtomicBool::new(false),
+            sleepy: AtomicU32::new(0),
         })
     }
 
@@ -414,17 +420,29 @@ impl RingChannel {
         let mut next_check = start + LIVENESS_PERIOD;
         let mut may_sleep = false;
         let poll = self.notify == Notify::Poll;
-        let mut preempted = poll && self.preempted.load(Ordering::Relaxed);
+        let sleepy = if poll {
+            self.sleepy.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let probe = sleepy > 0 && sleepy.is_multiple_of(PROBE_EVERY);
+        let mut preempted = false;
+        let mut slept = false;
         loop {
             let seen = word.load(Ordering::SeqCst);
             if ready(seen) {
                 // A wait that ends before its first spin says nothing: the
                 // peer may have answered while we were not running.
                 if poll && spins > 0 {
-                    self.preempted.store(
-                        preempted && spins >= SPINS_WHEN_PREEMPTED,
-                        Ordering::Relaxed,
-                    );
+                    let next = if preempted {
+                        1
+                    } else if sleepy > 0 && slept {
+                        sleepy.saturating_add(1)
+                    } else {
+                        // The peer answered while we spun: keep spinning.
+                        0
+                    };
+                    self.sleepy.store(next, Ordering::Relaxed);
                 }
                 return Ok(seen);
             }
@@ -433,7 +451,11 @@ impl RingChannel {
                 let now = Instant::now();
                 may_sleep = if poll {
                     preempted |= now - last_look >= PREEMPTED_GAP;
-                    preempted && spins >= SPINS_WHEN_PREEMPTED
+                    if probe && !preempted {
+                        now - start >= SPIN_BEFORE_SLEEP
+                    } else {
+                        (preempted || sleepy > 0) && spins >= SPINS_WHEN_PREEMPTED
+                    }
                 } else {
                     now - start >= SPIN_BEFORE_SLEEP
                 };
@@ -479,6 +501,7 @@ impl RingChannel {
                         nap = nap.min(d.saturating_duration_since(Instant::now()));
                     }
                     futex(word, libc::FUTEX_WAIT, seen, Some(nap));
+                    slept = true;
                 }
                 sleeps.store(0, Ordering::SeqCst);
                 last_look = Instant::now();
