@@ -166,7 +166,7 @@ impl IsolationContextFactory for EptViewFactory {
         image.validate()?;
         Self::check(&image.spec)?;
         let ProcessImage { state, spec } = image;
-        let state = state.with_code(spec.program.segments());
+        let state = state.with_code(&spec.program);
         Ok(Box::new(Self::alone(&spec, Some(&state))?))
     }
 }

@@ -415,6 +415,12 @@ fn run_on_this_thread(
         Some(state) => state
             .restore_into(&mem)
             .map_err(|e| e.to_string())
+            // Code is always the image's own (W^X).
+            .and_then(|()| {
+                spec.program
+                    .reload_read_only(&mem)
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|()| GuestLayout::read(&mem, mem_size).map_err(|e| e.to_string())),
         None => GuestLayout::prepare(&mem, mem_size, true, &setup, &mut *io.stdin)
             .map_err(|e| e.to_string()),
@@ -444,6 +450,7 @@ fn run_on_this_thread(
     let mut running = Box::new(Running {
         mem,
         hypercalls: Hypercalls::new(layout, io, spec.host_functions.clone())
+            .with_read_only(spec.program.segments())
             .with_output_limit(spec.output_limit)
             .with_window(window),
         host_rsp: 0,

@@ -193,6 +193,12 @@ pub fn protect_image(segments: &[vmm::Segment]) -> Result<(), String> {
     for s in segments.iter().filter(|s| !s.writable) {
         let start = s.addr & !(layout::PAGE_SIZE - 1);
         let end = s.range().end.next_multiple_of(layout::PAGE_SIZE);
+        // The limit VMs have (their page tables for 4 KiB permissions),
+        // so that a flow here can always move into a VM.
+        let limit = vmm::arch::paging::PROTECTED_LIMIT;
+        if end > limit {
+            return Err(vmm::arch::ArchError::ProtectedTooHigh { end, limit }.to_string());
+        }
         let prot = if s.exec {
             libc::PROT_READ | libc::PROT_EXEC
         } else {

@@ -56,9 +56,7 @@ impl IsolationContextFactory for VirtineFactory {
             return Err(IcfError::Unavailable { icf: NAME, reason });
         }
         image.validate()?;
-        let start = Start::Pivot(Box::new(
-            image.state.with_code(image.spec.program.segments()),
-        ));
+        let start = Start::Pivot(Box::new(image.state.with_code(&image.spec.program)));
         Ok(Box::new(Virtine::with_start(start, image.spec)?))
     }
 

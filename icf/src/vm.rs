@@ -48,7 +48,7 @@ impl IsolationContextFactory for VmFactory {
     ) -> Result<Box<dyn IsolationContext>, IcfError> {
         image.validate()?;
         let ProcessImage { state, spec } = image;
-        let state = state.with_code(spec.program.segments());
+        let state = state.with_code(&spec.program);
         Ok(Box::new(VmIc::boot(BootSource::State(&state), spec)?))
     }
 }

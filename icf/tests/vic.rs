@@ -135,7 +135,7 @@ fn xos_vmm_pivot_bad_state() -> vmm::pivot::EfState {
         mem_size: 16 << 20,
         regions: vec![(0x1000, vec![0xcc; 4096])],
         regs: vmm::GuestRegs::default(),
-        code: Vec::new(),
+        code: None,
     }
 }
 

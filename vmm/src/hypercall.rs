@@ -81,6 +81,10 @@ pub struct Hypercalls {
     host_written: Vec<(u64, u64)>,
     /// The channel window, when the run has one.
     window: Option<SharedWindow>,
+    /// The image's read-only pages (code, read-only data): never written
+    /// by the monitor for the guest. A VM's page tables say the same
+    /// ([`crate::arch::paging::user_writable`]); host ICs have none.
+    read_only: Vec<std::ops::Range<u64>>,
     /// Hypercalls served.
     pub count: u64,
 }
@@ -102,8 +106,34 @@ impl Hypercalls {
             output_limit: None,
             host_written: Vec::new(),
             window: None,
+            read_only: Vec::new(),
             count: 0,
         }
+    }
+
+    /// Never writes into the pages of `segments` that are not writable
+    /// (W^X: the monitor must not write code for the guest). For host
+    /// ICs, whose memory holds no page tables to ask.
+    pub fn with_read_only(mut self, segments: &[crate::loader::Segment]) -> Self {
+        self.read_only = segments
+            .iter()
+            .filter(|s| !s.writable)
+            .map(|s| {
+                let page = xos_abi::layout::PAGE_SIZE;
+                s.addr & !(page - 1)..s.range().end.next_multiple_of(page)
+            })
+            .collect();
+        self
+    }
+
+    /// Whether the monitor may write `[addr, addr+len)` for the guest: the
+    /// guest itself could.
+    fn writable(&self, mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
+        crate::arch::paging::user_writable(mem, addr, len, self.mem_size)
+            && !self
+                .read_only
+                .iter()
+                .any(|r| len > 0 && addr < r.end && r.start < addr + len)
     }
 
     /// Ends the run with [`Fault::OutputLimit`] once the guest has written
@@ -325,6 +355,11 @@ impl Hypercalls {
             mem.write_obj(state, at).map_err(mem_err(at.0))?;
             return Ok(0);
         }
+        // The buffer comes from BootInfo, which the guest may have changed
+        // before a move into this IC: never a read-only page.
+        if !self.writable(mem, self.layout.stdin, self.layout.stdin_cap) {
+            return Ok(err::EFAULT);
+        }
         self.scratch.resize(self.layout.stdin_cap as usize, 0);
         let n = match self.io.stdin.read(&mut self.scratch) {
             Ok(n) => n,
@@ -386,7 +421,7 @@ impl Hypercalls {
         }
         if !self.readable(name_ptr, name_len)
             || !self.readable(in_ptr, in_len)
-            || !self.readable(out_ptr, out_cap)
+            || !self.writable(mem, out_ptr, out_cap)
         {
             return Ok(err::EFAULT);
         }

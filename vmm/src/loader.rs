@@ -132,13 +132,13 @@ pub enum ImageError {
         /// `p_vaddr`.
         vaddr: u64,
     },
-    /// An executable and a writable segment share a page.
-    #[error("segment {exec} (executable) and segment {writable} (writable) share the page at {page:#x}; xos-vmm keeps code and data on separate pages (W^X): link with guest-runtime/xos-guest.ld, which page-aligns each segment")]
+    /// Two segments with different permissions share a page.
+    #[error("segments {a} and {b} have different permissions (read, write, execute) but share the page at {page:#x}; xos-vmm maps each page with one set of permissions (W^X): link with guest-runtime/xos-guest.ld, which page-aligns each segment")]
     SharedPage {
-        /// The executable segment's index.
-        exec: usize,
-        /// The writable segment's index.
-        writable: usize,
+        /// The first segment's index.
+        a: usize,
+        /// The second segment's index.
+        b: usize,
         /// The shared page.
         page: u64,
     },
@@ -212,7 +212,7 @@ impl Segment {
 
 /// A validated image, ready to be loaded into any guest memory where it
 /// fits. Cheap to share: the bytes are reference counted.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Program {
     bytes: std::sync::Arc<[u8]>,
     entry: u64,
@@ -401,19 +401,22 @@ impl Program {
                 }
             }
         }
-        // Page permissions come from segments: a page cannot be both.
-        for (ie, e) in segments.iter().filter(|(_, s)| s.exec) {
-            for (iw, w) in segments.iter().filter(|(_, s)| s.writable) {
-                let pages = |s: &Segment| {
-                    s.addr & !(layout::PAGE_SIZE - 1)
-                        ..s.range().end.next_multiple_of(layout::PAGE_SIZE)
-                };
-                let (pe, pw) = (pages(e), pages(w));
-                if pe.start < pw.end && pw.start < pe.end {
+        // Page permissions come from segments: two segments with different
+        // permissions cannot share a page.
+        let pages = |s: &Segment| {
+            s.addr & !(layout::PAGE_SIZE - 1)..s.range().end.next_multiple_of(layout::PAGE_SIZE)
+        };
+        for (i, (ia, a)) in segments.iter().enumerate() {
+            for (ib, b) in &segments[i + 1..] {
+                let (pa, pb) = (pages(a), pages(b));
+                if (a.exec, a.writable) != (b.exec, b.writable)
+                    && pa.start < pb.end
+                    && pb.start < pa.end
+                {
                     return Err(ImageError::SharedPage {
-                        exec: *ie,
-                        writable: *iw,
-                        page: pe.start.max(pw.start),
+                        a: *ia,
+                        b: *ib,
+                        page: pa.start.max(pb.start),
                     });
                 }
             }
@@ -468,7 +471,46 @@ impl Program {
                     .map(|(i, _)| s.addr + i as u64),
             );
         }
+        // Across two executable segments that touch with no zero byte in
+        // between (zeros break the sequence).
+        let mut exec: Vec<&Segment> = self.segments.iter().filter(|s| s.exec).collect();
+        exec.sort_by_key(|s| s.addr);
+        for pair in exec.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if a.addr + a.memsz != b.addr || a.filesz != a.memsz {
+                continue;
+            }
+            let tail = &self.bytes[(a.offset + a.filesz).saturating_sub(2.min(a.filesz)) as usize
+                ..(a.offset + a.filesz) as usize];
+            let head = &self.bytes[b.offset as usize..(b.offset + b.filesz.min(2)) as usize];
+            let joined: Vec<u8> = tail.iter().chain(head).copied().collect();
+            let start = b.addr - tail.len() as u64;
+            for (i, w) in joined.windows(VMFUNC.len()).enumerate() {
+                if w == VMFUNC {
+                    sites.push(start + i as u64);
+                }
+            }
+        }
+        sites.sort_unstable();
+        sites.dedup();
         sites
+    }
+
+    /// Writes the file bytes of the read-only segments (code, read-only
+    /// data) into `mem` again and zeroes the rest of them: what an
+    /// execution flow carried from another IC holds there is replaced by
+    /// the image's own.
+    pub fn reload_read_only(&self, mem: &GuestMemoryMmap) -> Result<(), ImageError> {
+        for s in self.segments.iter().filter(|s| !s.writable) {
+            let bytes = self
+                .bytes
+                .get(s.offset as usize..(s.offset + s.filesz) as usize)
+                .ok_or_else(|| ImageError::Load("a segment outside the file".into()))?;
+            mem.write_slice(bytes, GuestAddress(s.addr))
+                .map_err(|e| ImageError::Load(format!("restoring code at {:#x}: {e}", s.addr)))?;
+            zero(mem, s.addr + s.filesz, s.memsz - s.filesz)?;
+        }
+        Ok(())
     }
 
     /// Refuses an image whose code holds the bytes of `VMFUNC` (see

@@ -13,7 +13,7 @@
 //! memory.
 
 use crate::exit::GuestRegs;
-use crate::loader::Segment;
+use crate::loader::Program;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xos_abi::layout;
 
@@ -48,11 +48,11 @@ pub struct EfState {
     pub regions: Vec<(u64, Vec<u8>)>,
     /// General registers, RIP just past the `SAFE_POINT` doorbell write.
     pub regs: GuestRegs,
-    /// The image's segments, whose page permissions (W^X) a VM restoring
-    /// this state applies ([`EfState::protect_code`]). Not captured: the
-    /// IC that continues the flow sets them from its image
-    /// ([`EfState::with_code`]); host ICs do not need them.
-    pub code: Vec<Segment>,
+    /// The image the flow runs, whose code and read-only data an IC
+    /// restoring this state copies again and protects (W^X:
+    /// [`EfState::protect_code`]). Not captured: the IC that continues
+    /// the flow sets it from its spec ([`EfState::with_code`]).
+    pub code: Option<Program>,
 }
 
 /// The user-memory ranges an EF owns: the BootInfo page, and everything
@@ -122,7 +122,7 @@ impl EfState {
             mem_size,
             regions,
             regs,
-            code: Vec::new(),
+            code: None,
         })
     }
 
@@ -163,23 +163,35 @@ impl EfState {
             })
     }
 
-    /// The state with the image segments `code` (see [`EfState::code`]).
-    pub fn with_code(mut self, code: &[Segment]) -> EfState {
-        self.code = code.to_vec();
+    /// The state continuing `program` (see [`EfState::code`]).
+    pub fn with_code(mut self, program: &Program) -> EfState {
+        self.code = Some(program.clone());
         self
     }
 
-    /// Gives the restored memory's image pages their permissions (code
-    /// read-only and executable; everything else stays not executable).
-    /// Call after [`EfState::restore_into`] on a VM's memory.
+    /// Copies the image's code and read-only data again over the restored
+    /// memory (what the flow wrote there in a host IC, which can change
+    /// its own page permissions, is not carried: code is always the
+    /// image's own) and, in a VM's memory, gives those pages their
+    /// permissions (code read-only and executable; everything else stays
+    /// not executable). Call after [`EfState::restore_into`].
     pub fn protect_code(&self, mem: &GuestMemoryMmap) -> Result<(), PivotError> {
-        if !self.code.iter().any(|s| s.exec) {
+        let Some(program) = &self.code else {
             return Err(PivotError::Invalid(
-                "the state names no code segment, so a VM could execute nothing of it (set it with EfState::with_code)".into(),
+                "the state names no image, so its code cannot be restored (set it with EfState::with_code)".into(),
             ));
+        };
+        program
+            .reload_read_only(mem)
+            .map_err(|e| PivotError::Invalid(format!("its code cannot be restored: {e}")))?;
+        if vm_memory::GuestMemoryBackend::address_in_range(
+            mem,
+            GuestAddress(crate::arch::system::PT_LOW),
+        ) {
+            crate::arch::paging::protect_image(mem, program.segments())
+                .map_err(|e| PivotError::Invalid(format!("its code cannot be mapped: {e}")))?;
         }
-        crate::arch::paging::protect_image(mem, &self.code)
-            .map_err(|e| PivotError::Invalid(format!("its code cannot be mapped: {e}")))
+        Ok(())
     }
 
     /// Checks the memory size and that every region is user memory.
@@ -260,7 +272,7 @@ impl EfState {
             mem_size,
             regions,
             regs,
-            code: Vec::new(),
+            code: None,
         };
         state.validate()?;
         Ok(state)
@@ -334,7 +346,7 @@ mod tests {
                 cpl: 3,
                 ..GuestRegs::default()
             },
-            code: Vec::new(),
+            code: None,
         }
     }
 

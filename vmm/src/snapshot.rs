@@ -30,8 +30,9 @@ use xos_abi::layout::PAGE_SIZE;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"XOSSNAP1";
-/// Format version written and accepted.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written and accepted. 2: guests are W^X (EFER.NXE,
+/// page tables with NX data pages); version-1 guests ran without.
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the header.
 pub const HEADER_SIZE: usize = 48;
 
@@ -298,6 +299,15 @@ impl Snapshot {
         let mut p = Decoder::new(payload);
         let regs = decode_regs(&mut p)?;
         let sregs = decode_sregs(&mut p)?;
+        // Long mode with NX on, exactly as the monitor sets it: a file
+        // cannot turn W^X off.
+        if sregs.efer != crate::arch::cpu::EFER {
+            return Err(SnapshotError::Invalid(format!(
+                "EFER {:#x} (xos guests run with {:#x}: long mode, no-execute enabled)",
+                sregs.efer,
+                crate::arch::cpu::EFER
+            )));
+        }
         let mut xsave = kvm_xsave::default();
         for v in &mut xsave.region {
             *v = p.u32()?;
@@ -602,12 +612,12 @@ mod tests {
         let mut header = good.clone();
         header[20] ^= 1;
         assert!(err(&header).contains("header is corrupted"));
-        // Another version, with a correct header checksum.
-        let mut v2 = good.clone();
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32fast::hash(&v2[..HEADER_SIZE - 4]);
-        v2[HEADER_SIZE - 4..HEADER_SIZE].copy_from_slice(&crc.to_le_bytes());
-        assert!(err(&v2).contains("format version 2"));
+        // Another version (1: before W^X), with a correct header checksum.
+        let mut v1 = good.clone();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1[..HEADER_SIZE - 4]);
+        v1[HEADER_SIZE - 4..HEADER_SIZE].copy_from_slice(&crc.to_le_bytes());
+        assert!(err(&v1).contains("format version 1"));
     }
 
     #[test]
@@ -627,6 +637,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not restorable"));
+        let mut s = sample();
+        s.sregs.efer = 0x500; // no-execute off: W^X gone
+        assert!(Snapshot::decode(&s.encode())
+            .unwrap_err()
+            .to_string()
+            .contains("no-execute"));
         let mut s = sample();
         s.xsave[128] = 0x7; // AVX state
         assert!(Snapshot::decode(&s.encode())

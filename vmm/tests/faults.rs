@@ -410,3 +410,42 @@ fn code_too_high_for_its_page_tables_is_a_clear_error() {
     assert!(text.contains("W^X"), "{text}");
     assert!(text.contains("0x800000"), "{text}");
 }
+
+/// The monitor writes a host function's result through its own mapping,
+/// where the guest's page tables do not apply: it must refuse a result
+/// buffer in the image's code (W^X), or a guest could get code written.
+#[test]
+fn a_host_call_cannot_write_its_result_into_code() {
+    if !kvm_available() {
+        return;
+    }
+    let run_with_out = |out_ptr: u32| {
+        // HOST_CALL("f", in = the name, out = out_ptr, cap 8); EXIT(ret).
+        let name_at = 0x10_0000u32 + 200; // inside the code page, readable
+        let mut code = store(ARG0, name_at);
+        code.extend(store(ARG0 + 8, 1));
+        code.extend(store(ARG0 + 16, name_at));
+        code.extend(store(ARG0 + 24, 1));
+        code.extend(store(ARG0 + 32, out_ptr));
+        code.extend(store(ARG0 + 40, 8));
+        code.extend(hypercall(6));
+        code.extend([0x48, 0x8b, 0x04, 0x25]); // mov rax, [RET]
+        code.extend(RET.to_le_bytes());
+        code.extend([0x48, 0x89, 0x04, 0x25]); // mov [ARG0], rax
+        code.extend(ARG0.to_le_bytes());
+        code.extend(hypercall(1));
+        code.resize(200, 0xf4);
+        code.push(b'f');
+        let mut functions = vmm::HostFunctions::new();
+        functions.register("f", |_: &[u8]| Ok(vec![0x90; 8]));
+        let config = RunConfig {
+            host_functions: functions,
+            ..RunConfig::default()
+        };
+        run_code(&code, config)
+    };
+    // Into the code page: EFAULT, nothing written.
+    assert_eq!(run_with_out(0x10_0000), GuestExit::Exited((-14i64) as u8));
+    // Into data (above the image): 8 bytes.
+    assert_eq!(run_with_out(0x20_0000), GuestExit::Exited(8));
+}

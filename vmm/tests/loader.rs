@@ -317,8 +317,8 @@ fn code_and_data_on_one_page_are_refused() {
     assert_eq!(
         e,
         ImageError::SharedPage {
-            exec: 0,
-            writable: 1,
+            a: 0,
+            b: 1,
             page: 0x10_0000
         }
     );
@@ -381,4 +381,58 @@ fn vmfunc_bytes_in_code_are_found_at_any_offset() {
     let p = Program::parse(data).expect("valid");
     assert!(p.vmfunc_sites().is_empty());
     p.refuse_vmfunc().expect("no VMFUNC in code");
+}
+
+#[test]
+fn code_and_read_only_data_on_one_page_are_refused() {
+    // Else the page would be executable with the data's bytes (never
+    // scanned) or not executable with the code.
+    let e = err(elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: vec![0xf4; 0x100],
+                memsz: 0x100,
+                flags: 5, // R X
+            },
+            Seg {
+                addr: 0x10_0100,
+                data: vec![0x0f, 0x01, 0xd4],
+                memsz: 3,
+                flags: 4, // R
+            },
+        ],
+    ));
+    assert_eq!(
+        e,
+        ImageError::SharedPage {
+            a: 0,
+            b: 1,
+            page: 0x10_0000
+        }
+    );
+}
+
+#[test]
+fn vmfunc_split_across_two_code_segments_is_found() {
+    let p = Program::parse(elf(
+        0x10_0000,
+        &[
+            Seg {
+                addr: 0x10_0000,
+                data: [vec![0xf4; 0xffe], vec![0x0f, 0x01]].concat(),
+                memsz: 0x1000,
+                flags: 5,
+            },
+            Seg {
+                addr: 0x10_1000,
+                data: vec![0xd4, 0xf4],
+                memsz: 2,
+                flags: 5,
+            },
+        ],
+    ))
+    .expect("valid");
+    assert_eq!(p.vmfunc_sites(), vec![0x10_0ffe]);
 }

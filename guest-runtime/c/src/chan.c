@@ -57,6 +57,14 @@ static uint32_t load(uint32_t off)
     return __atomic_load_n(word(off), __ATOMIC_ACQUIRE);
 }
 
+/* For the sleeps-flag handshake (store flag, then load word; store word,
+ * then load flag): both loads must be sequentially consistent with the
+ * stores, or a wake-up can be missed (a plain mov on x86 either way). */
+static uint32_t load_sc(uint32_t off)
+{
+    return __atomic_load_n(word(off), __ATOMIC_SEQ_CST);
+}
+
 static void store(uint32_t off, uint32_t v)
 {
     __atomic_store_n(word(off), v, __ATOMIC_SEQ_CST);
@@ -132,7 +140,7 @@ static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
             long r = 0;
             if (sleep)
                 store(sleeps_off, 1);
-            if (load(off) == seen) {
+            if (load_sc(off) == seen) {
                 r = xos_hypercall(XOS_HC_WINDOW_WAIT, off, seen,
                                   sleep ? NAP_US : 0, 0, 0, 0);
                 slept |= sleep;
@@ -156,7 +164,7 @@ static long wait_change(uint32_t off, uint32_t seen, uint32_t sleeps_off)
 static void publish(uint32_t off, uint32_t value, uint32_t peer_sleeps_off)
 {
     store(off, value);
-    if (load(peer_sleeps_off))
+    if (load_sc(peer_sleeps_off))
         xos_hypercall(XOS_HC_WINDOW_WAKE, off, 0, 0, 0, 0, 0);
 }
 

@@ -416,7 +416,12 @@ impl Shared {
                 && q.is_valid(&mem)
                 && user_range(q.desc_table(), 16 * u64::from(q.size()), mem_size)
                 && user_range(q.avail_ring(), 6 + 2 * u64::from(q.size()), mem_size)
-                && user_range(q.used_ring(), 6 + 8 * u64::from(q.size()), mem_size)
+                && vmm::arch::paging::user_writable(
+                    &mem,
+                    q.used_ring(),
+                    6 + 8 * u64::from(q.size()),
+                    mem_size,
+                )
         };
         if !(queue_ok(&tx) && queue_ok(&rx)) {
             self.fail();
@@ -818,8 +823,10 @@ impl DeviceThread<'_> {
         let mut room = 0u64;
         for desc in chain {
             let len = u64::from(desc.len());
+            // The device writes there: a page the guest itself may write
+            // (never its code, W^X).
             if desc.flags() & VRING_DESC_F_WRITE == 0
-                || !user_range(desc.addr().0, len, self.mem_size)
+                || !vmm::arch::paging::user_writable(&self.mem, desc.addr().0, len, self.mem_size)
             {
                 return Err(());
             }

@@ -127,6 +127,10 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
             state
                 .restore_into(&mem)
                 .unwrap_or_else(|e| fail(&e.to_string()));
+            // Code is always the image's own (W^X).
+            program
+                .reload_read_only(&mem)
+                .unwrap_or_else(|e| fail(&e.to_string()));
             GuestLayout::read(&mem, mem_size).unwrap_or_else(|e| fail(&e.to_string()))
         }
         None => {
@@ -159,6 +163,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ! {
     let child = Box::new(Child {
         mem,
         hypercalls: Hypercalls::new(layout, GuestIo::inherit(), HostFunctions::new())
+            .with_read_only(program.segments())
             .with_window(window),
         mem_size,
         window_side,

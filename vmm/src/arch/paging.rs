@@ -170,6 +170,10 @@ pub fn write_virtio_page(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
     write_table(mem, system::PD_VIRTIO, &pd)
 }
 
+/// Code and read-only data must end at or below this address (8 MiB): up
+/// to there the system area has page tables for 4 KiB permissions.
+pub const PROTECTED_LIMIT: u64 = LARGE_PAGE * (1 + system::IMAGE_PTS);
+
 /// Gives the image's pages its segments' permissions: code read-only and
 /// executable, read-only data read-only and not executable; writable
 /// segments keep the default (writable, not executable). Call after
@@ -177,8 +181,24 @@ pub fn write_virtio_page(mem: &GuestMemoryMmap) -> Result<(), ArchError> {
 /// not share pages (the loader checks both). Pages above 2 MiB that need
 /// other than the default get 4 KiB tables from `system::PT_IMAGE`.
 pub fn protect_image(mem: &GuestMemoryMmap, segments: &[Segment]) -> Result<(), ArchError> {
-    let limit = LARGE_PAGE * (1 + system::IMAGE_PTS);
+    let limit = PROTECTED_LIMIT;
+    // Tables an earlier call took stay taken.
     let mut next_pt = 0;
+    for region in 1..=system::IMAGE_PTS {
+        let mut b = [0u8; 8];
+        let at = system::PD_BASE + region * 8;
+        if mem.read_slice(&mut b, vm_memory::GuestAddress(at)).is_ok() {
+            let e = u64::from_le_bytes(b);
+            let table = e & 0x000f_ffff_ffff_f000;
+            if e & PRESENT != 0
+                && e & LARGE == 0
+                && (system::PT_IMAGE..system::PT_IMAGE + system::IMAGE_PTS * layout::PAGE_SIZE)
+                    .contains(&table)
+            {
+                next_pt = next_pt.max((table - system::PT_IMAGE) / layout::PAGE_SIZE + 1);
+            }
+        }
+    }
     for s in segments.iter().filter(|s| !s.writable) {
         let end = s.range().end.next_multiple_of(layout::PAGE_SIZE);
         if end > limit {
@@ -262,6 +282,52 @@ pub fn user_accessible(addr: u64, len: u64, mem_size: u64) -> bool {
     while page < low_end {
         if low_page(page) != LowPage::User {
             return false;
+        }
+        page += layout::PAGE_SIZE;
+    }
+    true
+}
+
+/// True when guest code at CPL3 may write every byte of `[addr, addr+len)`
+/// in a VM whose page tables are in `mem`: [`user_accessible`], and every
+/// page's mapping is writable (not the image's code or read-only data).
+/// The monitor writes through its own mapping, where the guest's page
+/// tables do not apply, so it checks them before writing where a guest
+/// pointer says. For memory without the system area (a host IC's), only
+/// [`user_accessible`] is checked: host ICs check their image's ranges.
+pub fn user_writable(mem: &GuestMemoryMmap, addr: u64, len: u64, mem_size: u64) -> bool {
+    if !user_accessible(addr, len, mem_size) {
+        return false;
+    }
+    let read = |at: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        mem.read_slice(&mut b, vm_memory::GuestAddress(at)).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    if read(system::PT_LOW).is_none() || len == 0 {
+        return true;
+    }
+    let mut page = addr & !(layout::PAGE_SIZE - 1);
+    while page < addr + len {
+        let entry = if page < LARGE_PAGE {
+            read(system::PT_LOW + (page / layout::PAGE_SIZE) * 8)
+        } else {
+            let pd = read(
+                system::PD_BASE
+                    + (page / GIB) * layout::PAGE_SIZE
+                    + ((page % GIB) / LARGE_PAGE) * 8,
+            );
+            match pd {
+                Some(e) if e & LARGE != 0 => Some(e),
+                Some(e) if e & PRESENT != 0 => read(
+                    (e & 0x000f_ffff_ffff_f000) + ((page % LARGE_PAGE) / layout::PAGE_SIZE) * 8,
+                ),
+                other => other,
+            }
+        };
+        match entry {
+            Some(e) if e & (PRESENT | WRITABLE | USER) == PRESENT | WRITABLE | USER => {}
+            _ => return false,
         }
         page += layout::PAGE_SIZE;
     }
