@@ -104,6 +104,27 @@ pub fn ept_view() -> Vec<(&'static str, Check)> {
             expect("exit", exit, faulted)
         }),
     ));
+    for (mode, what) in [
+        (
+            "exec-data",
+            "an ept-view IC cannot run code it wrote into its data (W^X)",
+        ),
+        ("write-code", "an ept-view IC cannot write its code (W^X)"),
+    ] {
+        out.push((
+            what,
+            alone(&EptViewFactory, "faults-c", &["faults", mode]).and_then(|(exit, _)| {
+                let page_fault = matches!(
+                    &exit,
+                    GuestExit::Faulted {
+                        fault: Fault::Exception(e),
+                        ..
+                    } if e.vector == 14
+                );
+                expect("exit", exit, page_fault)
+            }),
+        ));
+    }
     out.push((
         "a pair makes 20 calls through the trampoline, every reply right",
         pair(

@@ -210,3 +210,35 @@ fn code_written_into_data_does_not_run_in_any_kind() {
         );
     }
 }
+
+/// The same from C: a buffer filled with a `ret` and called, and a store
+/// over `main`, fault with a page fault in every kind of IC.
+#[test]
+fn c_guests_cannot_run_their_data_or_write_their_code_in_any_kind() {
+    let registry = Registry::with_process_helper(Some(Helper {
+        program: env!("CARGO_BIN_EXE_xos-vmm").into(),
+        args: vec!["__process-ic".into()],
+    }));
+    let faults = xos_images::find("faults-c").expect("faults-c");
+    let kinds: &[&str] = if support::kvm_available() {
+        &["process", "thread", "virtine", "vm", "ept-view"]
+    } else {
+        &["process", "thread"]
+    };
+    for kind in kinds {
+        for mode in ["exec-data", "write-code"] {
+            let f = Function::from_elf(faults.bytes)
+                .expect("image")
+                .on(&registry, kind)
+                .expect("ICF available")
+                .args(["faults", mode]);
+            let r = f.call(b"").expect("call");
+            assert!(
+                matches!(r.exit, GuestExit::Faulted { .. }),
+                "{kind} {mode}: {} ({})",
+                r.exit,
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+    }
+}

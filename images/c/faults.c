@@ -8,6 +8,10 @@
  *   gp                 execute hlt (privileged at CPL3)          -> #GP
  *   loop               spin forever (for --timeout)
  *   stack              unbounded recursion into the stack guard  -> #PF
+ *   exec-data          write a `ret` into a static buffer and call it:
+ *                      data is not executable (W^X)              -> #PF
+ *   write-code         write a byte over its own main(): code is
+ *                      read-only (W^X)                           -> #PF
  *   abort              abort()                                   -> ABORT
  *   exit N             exit(N)
  *   badptr             WRITE hypercall with a pointer outside guest memory;
@@ -194,7 +198,8 @@ __attribute__((noinline)) static int recurse(volatile char *up, int depth)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: faults null|unmapped|system|ud|div0|gp|loop|stack|abort|"
+            "usage: faults null|unmapped|system|ud|div0|gp|loop|stack|exec-data|"
+            "write-code|abort|"
             "badptr|bigout | exit N | hostcall NAME INPUT\n");
     return 2;
 }
@@ -222,6 +227,12 @@ int main(int argc, char **argv)
             __asm__ volatile("" ::: "memory");
     } else if (!strcmp(m, "stack")) {
         sink = recurse(NULL, 0);
+    } else if (!strcmp(m, "exec-data")) {
+        static volatile unsigned char code[16];
+        code[0] = 0xc3; /* ret */
+        ((void (*)(void))(unsigned long)code)();
+    } else if (!strcmp(m, "write-code")) {
+        *(volatile unsigned char *)(unsigned long)main = 0xc3;
     } else if (!strcmp(m, "abort")) {
         abort();
     } else if (!strcmp(m, "exit")) {
