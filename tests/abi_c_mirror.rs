@@ -40,6 +40,13 @@ int main(void) {
     P("window_wait", XOS_HC_WINDOW_WAIT); P("window_wake", XOS_HC_WINDOW_WAKE);
     P("epipe", -XOS_EPIPE); P("safe_point", XOS_HC_SAFE_POINT); P("view_switch", XOS_HC_VIEW_SWITCH);
     P("devices", offsetof(struct xos_boot_info, devices));
+    P("vc_size", sizeof(struct xos_view_control));
+    P("vc_peer_slot", offsetof(struct xos_view_control, peer_slot));
+    P("vc_caller_slot", offsetof(struct xos_view_control, caller_slot));
+    P("vc_open", offsetof(struct xos_view_control, open));
+    P("vc_flags", offsetof(struct xos_view_control, flags));
+    P("view_wait", XOS_HC_VIEW_WAIT); P("view_bad_entry", XOS_HC_VIEW_BAD_ENTRY);
+    P("no_slot", XOS_VIEW_NO_SLOT); P("in_call", XOS_VIEW_IN_CALL);
     P("virtio_mmio", XOS_VIRTIO_MMIO); P("dev_virtio", XOS_DEVICE_VIRTIO_CHANNEL); P("dev_views", XOS_DEVICE_VIEWS);
     P("ring_magic", XOS_RING_MAGIC); P("ring_control", XOS_RING_CONTROL);
     P("ring_off_magic", XOS_RING_OFF_MAGIC); P("ring_off_capacity", XOS_RING_OFF_CAPACITY);
@@ -112,6 +119,18 @@ int main(void) {
         ("epipe", (-err::EPIPE) as u64),
         ("safe_point", u64::from(nr::SAFE_POINT)),
         ("view_switch", u64::from(nr::VIEW_SWITCH)),
+        ("vc_size", size_of::<ViewControl>() as u64),
+        ("vc_peer_slot", offset_of!(ViewControl, peer_slot) as u64),
+        (
+            "vc_caller_slot",
+            offset_of!(ViewControl, caller_slot) as u64,
+        ),
+        ("vc_open", offset_of!(ViewControl, open) as u64),
+        ("vc_flags", offset_of!(ViewControl, flags) as u64),
+        ("view_wait", u64::from(nr::VIEW_WAIT)),
+        ("view_bad_entry", u64::from(nr::VIEW_BAD_ENTRY)),
+        ("no_slot", xos_abi::view::NO_SLOT),
+        ("in_call", xos_abi::view::IN_CALL),
         ("devices", offset_of!(BootInfo, devices) as u64),
         ("virtio_mmio", VIRTIO_MMIO),
         ("dev_virtio", DEVICE_VIRTIO_CHANNEL),

@@ -9,7 +9,23 @@ use std::time::{Duration, Instant};
 use support::{kvm_available, text, xos};
 use xos_vmm::icf::ept_view::EptViewFactory;
 use xos_vmm::icf::{IcSpec, IcfError, IsolationContext, IsolationContextFactory, Registry};
+use xos_vmm::vmm::view::Switching;
 use xos_vmm::vmm::{Fault, GuestExit, GuestIo, Program};
+
+/// The ways views switch that this machine runs: the memory-slot fallback,
+/// and the VMFUNC trampoline and rules with each VMFUNC emulated by the
+/// monitor (real VMFUNC runs in the Bochs stage: `selftest ept-view`).
+const MODES: [Switching; 2] = [Switching::Memslot, Switching::EmulatedVmfunc];
+
+fn pair(
+    mode: Switching,
+    caller: IcSpec,
+    callee: IcSpec,
+) -> (Box<dyn IsolationContext>, Box<dyn IsolationContext>) {
+    EptViewFactory
+        .create_pair_switching(caller, callee, Some(mode))
+        .expect("a pair")
+}
 
 fn spec(image: &str, args: &[&str]) -> IcSpec {
     let image = xos_images::find(image).expect("the image is built");
@@ -28,10 +44,11 @@ fn run(ic: &mut Box<dyn IsolationContext>) -> (GuestExit, String, String) {
 /// Runs the callee on a thread and the caller here; the caller's IC is
 /// dropped when it ends (which ends the callee's service).
 fn call_pair(
+    mode: Switching,
     caller: IcSpec,
     callee: IcSpec,
 ) -> ((GuestExit, String, String), (GuestExit, String, String)) {
-    let (mut a, mut b) = EptViewFactory.create_pair(caller, callee).expect("a pair");
+    let (mut a, mut b) = pair(mode, caller, callee);
     let served = std::thread::spawn(move || run(&mut b));
     let called = run(&mut a);
     drop(a);
@@ -100,21 +117,25 @@ fn a_pair_calls_through_the_trampoline_with_every_reply_right() {
     if !kvm_available() {
         return;
     }
-    for size in ["1", "100", "65536"] {
-        let ((exit, _, err), (served, _, serr)) = call_pair(
-            spec("chan-c", &["chan", "call", "300", size]),
+    for mode in MODES {
+        for size in ["1", "100", "65536"] {
+            let ((exit, _, err), (served, _, serr)) = call_pair(
+                mode,
+                spec("chan-c", &["chan", "call", "300", size]),
+                spec("chan-c", &["chan", "serve"]),
+            );
+            assert_eq!(exit, GuestExit::Exited(0), "{size}: {err}");
+            assert_eq!(served, GuestExit::Exited(0), "{size}: {serr}");
+        }
+        // Too large for the message area: a clean error in the caller.
+        let ((exit, _, err), (served, _, _)) = call_pair(
+            mode,
+            spec("chan-c", &["chan", "call", "1", "65537"]),
             spec("chan-c", &["chan", "serve"]),
         );
-        assert_eq!(exit, GuestExit::Exited(0), "{size}: {err}");
-        assert_eq!(served, GuestExit::Exited(0), "{size}: {serr}");
+        assert_eq!(exit, GuestExit::Exited(2), "{err}");
+        assert_eq!(served, GuestExit::Exited(0));
     }
-    // Too large for the message area: a clean error in the caller.
-    let ((exit, _, err), (served, _, _)) = call_pair(
-        spec("chan-c", &["chan", "call", "1", "65537"]),
-        spec("chan-c", &["chan", "serve"]),
-    );
-    assert_eq!(exit, GuestExit::Exited(2), "{err}");
-    assert_eq!(served, GuestExit::Exited(0));
 }
 
 #[test]
@@ -122,22 +143,23 @@ fn a_caller_that_starts_first_waits_for_its_callee() {
     if !kvm_available() {
         return;
     }
-    let (mut a, mut b) = EptViewFactory
-        .create_pair(
+    for mode in MODES {
+        let (mut a, mut b) = pair(
+            mode,
             spec("chan-c", &["chan", "call", "50", "8"]),
             spec("chan-c", &["chan", "serve"]),
-        )
-        .unwrap();
-    let caller = std::thread::spawn(move || {
-        let r = run(&mut a);
-        drop(a);
-        r
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let served = run(&mut b);
-    let (exit, _, err) = caller.join().unwrap();
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    assert_eq!(served.0, GuestExit::Exited(0), "{}", served.2);
+        );
+        let caller = std::thread::spawn(move || {
+            let r = run(&mut a);
+            drop(a);
+            r
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let served = run(&mut b);
+        let (exit, _, err) = caller.join().unwrap();
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        assert_eq!(served.0, GuestExit::Exited(0), "{}", served.2);
+    }
 }
 
 #[test]
@@ -145,16 +167,19 @@ fn nothing_of_the_callee_is_visible_to_the_caller() {
     if !kvm_available() {
         return;
     }
-    let ((exit, out, err), (served, sout, _)) = call_pair(
-        spec("faults-c", &["faults", "view-peek"]),
-        spec("faults-c", &["faults", "view-secret"]),
-    );
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    // Same image, same address: the caller sees its own (clean) buffer,
-    // and only the reply crosses.
-    assert_eq!(out, "peek: reply=ok mine=clean\n");
-    assert_eq!(served, GuestExit::Exited(0));
-    assert_eq!(sout, "serve=-32\n");
+    for mode in MODES {
+        let ((exit, out, err), (served, sout, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-peek"]),
+            spec("faults-c", &["faults", "view-secret"]),
+        );
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        // Same image, same address: the caller sees its own (clean) buffer,
+        // and only the reply crosses.
+        assert_eq!(out, "peek: reply=ok mine=clean\n");
+        assert_eq!(served, GuestExit::Exited(0));
+        assert_eq!(sout, "serve=-32\n");
+    }
 }
 
 #[test]
@@ -162,20 +187,26 @@ fn a_callee_that_crashes_or_cheats_inside_a_call_fails_alone() {
     if !kvm_available() {
         return;
     }
-    for mode in ["view-crash", "view-print"] {
-        let ((exit, out, err), (served, _, _)) = call_pair(
-            spec("faults-c", &["faults", "view-call"]),
-            spec("faults-c", &["faults", mode]),
-        );
-        // The caller's call returns EPIPE and the caller goes on.
-        assert_eq!(exit, GuestExit::Exited(0), "{mode}: {err}");
-        assert_eq!(out, "call=-32\n", "{mode}");
-        match served {
-            GuestExit::Faulted {
-                fault: Fault::ViewProtocol(how),
-                ..
-            } => assert!(how.contains("inside a call"), "{mode}: {how}"),
-            other => panic!("{mode}: the callee ended with {other:?}"),
+    for mode in MODES {
+        for how_it_fails in ["view-crash", "view-print"] {
+            let ((exit, out, err), (served, _, _)) = call_pair(
+                mode,
+                spec("faults-c", &["faults", "view-call"]),
+                spec("faults-c", &["faults", how_it_fails]),
+            );
+            // The caller's call returns EPIPE and the caller goes on.
+            assert_eq!(exit, GuestExit::Exited(0), "{mode:?} {how_it_fails}: {err}");
+            assert_eq!(out, "call=-32\n", "{mode:?} {how_it_fails}");
+            match served {
+                GuestExit::Faulted {
+                    fault: Fault::ViewProtocol(how),
+                    ..
+                } => assert!(
+                    how.contains("inside a call"),
+                    "{mode:?} {how_it_fails}: {how}"
+                ),
+                other => panic!("{mode:?} {how_it_fails}: the callee ended with {other:?}"),
+            }
         }
     }
 }
@@ -185,26 +216,29 @@ fn a_switch_from_outside_the_trampoline_is_a_fault() {
     if !kvm_available() {
         return;
     }
-    let ((exit, out, _), _) = call_pair(
-        spec("faults-c", &["faults", "view-switch", "1"]),
-        spec("chan-c", &["chan", "serve"]),
-    );
-    assert_eq!(out, "", "the guest went on after its switch");
-    match exit {
-        GuestExit::Faulted {
-            fault: Fault::ViewProtocol(how),
-            ..
-        } => assert!(how.contains("outside the trampoline"), "{how}"),
-        other => panic!("{other:?}"),
+    for mode in MODES {
+        let ((exit, out, _), _) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-switch", "1"]),
+            spec("chan-c", &["chan", "serve"]),
+        );
+        assert_eq!(out, "", "the guest went on after its switch");
+        match exit {
+            GuestExit::Faulted {
+                fault: Fault::ViewProtocol(how),
+                ..
+            } => assert!(how.contains("outside the trampoline"), "{how}"),
+            other => panic!("{other:?}"),
+        }
+        // A view with no peer has nothing to call.
+        let f = Registry::builtin().resolve("ept-view").unwrap();
+        let mut lone = f
+            .create(spec("faults-c", &["faults", "view-call"]))
+            .unwrap();
+        let (exit, out, _) = run(&mut lone);
+        assert_eq!(exit, GuestExit::Exited(0));
+        assert_eq!(out, "call=-22\n");
     }
-    // A view with no peer has nothing to call.
-    let f = Registry::builtin().resolve("ept-view").unwrap();
-    let mut lone = f
-        .create(spec("faults-c", &["faults", "view-call"]))
-        .unwrap();
-    let (exit, out, _) = run(&mut lone);
-    assert_eq!(exit, GuestExit::Exited(0));
-    assert_eq!(out, "call=-22\n");
 }
 
 #[test]
@@ -212,13 +246,16 @@ fn a_callee_that_ends_without_serving_fails_the_waiting_call() {
     if !kvm_available() {
         return;
     }
-    let ((exit, out, err), (served, _, _)) = call_pair(
-        spec("faults-c", &["faults", "view-call"]),
-        spec("faults-c", &["faults", "exit", "3"]),
-    );
-    assert_eq!(served, GuestExit::Exited(3));
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    assert_eq!(out, "call=-32\n");
+    for mode in MODES {
+        let ((exit, out, err), (served, _, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-call"]),
+            spec("faults-c", &["faults", "exit", "3"]),
+        );
+        assert_eq!(served, GuestExit::Exited(3));
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        assert_eq!(out, "call=-32\n");
+    }
 }
 
 #[test]
@@ -247,16 +284,19 @@ fn a_caller_cannot_hand_its_callee_a_dirty_direction_flag_or_mxcsr() {
     if !kvm_available() {
         return;
     }
-    // The caller skips the trampoline's own scrub and switches with DF set
-    // and every SSE exception unmasked: the callee still starts clean.
-    let ((exit, out, err), (served, sout, _)) = call_pair(
-        spec("faults-c", &["faults", "view-dirty"]),
-        spec("faults-c", &["faults", "view-flags"]),
-    );
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    assert_eq!(out, "reply: df=0 mxcsr=1f80\n");
-    assert_eq!(served, GuestExit::Exited(0));
-    assert_eq!(sout, "serve=-32\n");
+    for mode in MODES {
+        // The caller skips the trampoline's own scrub and switches with DF set
+        // and every SSE exception unmasked: the callee still starts clean.
+        let ((exit, out, err), (served, sout, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-dirty"]),
+            spec("faults-c", &["faults", "view-flags"]),
+        );
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        assert_eq!(out, "reply: df=0 mxcsr=1f80\n");
+        assert_eq!(served, GuestExit::Exited(0));
+        assert_eq!(sout, "serve=-32\n");
+    }
 }
 
 #[test]
@@ -264,13 +304,16 @@ fn a_callee_that_failed_is_not_entered_again() {
     if !kvm_available() {
         return;
     }
-    let ((exit, out, err), (served, _, _)) = call_pair(
-        spec("faults-c", &["faults", "view-call2"]),
-        spec("faults-c", &["faults", "view-crash-once"]),
-    );
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    assert_eq!(out, "first=-32 second=-32\n");
-    assert!(matches!(served, GuestExit::Faulted { .. }), "{served:?}");
+    for mode in MODES {
+        let ((exit, out, err), (served, _, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-call2"]),
+            spec("faults-c", &["faults", "view-crash-once"]),
+        );
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        assert_eq!(out, "first=-32 second=-32\n");
+        assert!(matches!(served, GuestExit::Faulted { .. }), "{served:?}");
+    }
 }
 
 #[test]
@@ -278,32 +321,34 @@ fn a_caller_stopped_inside_a_call_reports_only_its_own_state() {
     if !kvm_available() {
         return;
     }
-    let mut caller = spec("faults-c", &["faults", "view-call"]);
-    caller.timeout = Some(Duration::from_millis(500));
-    let ((exit, out, err), (served, sout, _)) =
-        call_pair(caller, spec("faults-c", &["faults", "view-spin"]));
-    match &exit {
-        GuestExit::TimedOut { regs, .. } => {
-            // The caller's registers (its call returning), not the
-            // callee's spinning handler.
-            assert!(
-                (0x2_2000u64..0x2_2000u64 + 4096).contains(&regs.rip),
-                "rip {:#x}",
-                regs.rip
-            )
+    for mode in MODES {
+        let mut caller = spec("faults-c", &["faults", "view-call"]);
+        caller.timeout = Some(Duration::from_millis(500));
+        let ((exit, out, err), (served, sout, _)) =
+            call_pair(mode, caller, spec("faults-c", &["faults", "view-spin"]));
+        match &exit {
+            GuestExit::TimedOut { regs, .. } => {
+                // The caller's registers (its call returning), not the
+                // callee's spinning handler.
+                assert!(
+                    (0x2_2000u64..0x2_2000u64 + 4096).contains(&regs.rip),
+                    "rip {:#x}",
+                    regs.rip
+                )
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+        assert!(
+            !out.contains("CALLEE") && !err.contains("CALLEE"),
+            "{out} {err}"
+        );
+        assert!(
+            !sout.contains("CALLEE"),
+            "the callee's buffered line: {sout}"
+        );
+        // Interrupted mid-call through no fault of its own: killed, not blamed.
+        assert_eq!(served, GuestExit::Killed);
     }
-    assert!(
-        !out.contains("CALLEE") && !err.contains("CALLEE"),
-        "{out} {err}"
-    );
-    assert!(
-        !sout.contains("CALLEE"),
-        "the callee's buffered line: {sout}"
-    );
-    // Interrupted mid-call through no fault of its own: killed, not blamed.
-    assert_eq!(served, GuestExit::Killed);
 }
 
 #[test]
@@ -311,29 +356,33 @@ fn a_busy_caller_cannot_keep_a_stopped_callee_serving() {
     if !kvm_available() {
         return;
     }
-    let mut callee = spec("chan-c", &["chan", "serve"]);
-    callee.timeout = Some(Duration::from_millis(300));
-    let (mut a, mut b) = EptViewFactory
-        .create_pair(spec("chan-c", &["chan", "call", "1000000", "8"]), callee)
-        .unwrap();
-    let caller = std::thread::spawn(move || {
-        let r = run(&mut a);
-        drop(a);
-        r
-    });
-    let t = Instant::now();
-    let (served, _, _) = run(&mut b);
-    let took = t.elapsed();
-    // Its own limit, reported by the monitor (not the owner's fallback
-    // after a grace period), while the caller still wants to call.
-    match &served {
-        GuestExit::TimedOut { regs, .. } => assert_ne!(regs.rip, 0, "a fallback report"),
-        other => panic!("{other:?}"),
+    for mode in MODES {
+        let mut callee = spec("chan-c", &["chan", "serve"]);
+        callee.timeout = Some(Duration::from_millis(300));
+        let (mut a, mut b) = pair(
+            mode,
+            spec("chan-c", &["chan", "call", "1000000", "8"]),
+            callee,
+        );
+        let caller = std::thread::spawn(move || {
+            let r = run(&mut a);
+            drop(a);
+            r
+        });
+        let t = Instant::now();
+        let (served, _, _) = run(&mut b);
+        let took = t.elapsed();
+        // Its own limit, reported by the monitor (not the owner's fallback
+        // after a grace period), while the caller still wants to call.
+        match &served {
+            GuestExit::TimedOut { regs, .. } => assert_ne!(regs.rip, 0, "a fallback report"),
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let (exit, _, err) = caller.join().unwrap();
+        assert_eq!(exit, GuestExit::Exited(1), "{err}");
+        assert!(err.contains("returned -32"), "{err}");
     }
-    assert!(took < Duration::from_millis(1500), "{took:?}");
-    let (exit, _, err) = caller.join().unwrap();
-    assert_eq!(exit, GuestExit::Exited(1), "{err}");
-    assert!(err.contains("returned -32"), "{err}");
 }
 
 #[test]
@@ -341,27 +390,92 @@ fn a_caller_cannot_get_its_callee_blamed() {
     if !kvm_available() {
         return;
     }
-    // A caller that lies about its own view number still gets its reply,
-    // and the callee goes on.
-    let ((exit, out, err), (served, sout, _)) = call_pair(
-        spec("faults-c", &["faults", "view-liar"]),
-        spec("faults-c", &["faults", "view-secret"]),
-    );
-    assert_eq!(exit, GuestExit::Exited(0), "{err}");
-    assert_eq!(out, "call=2\n");
-    assert_eq!(served, GuestExit::Exited(0));
-    assert_eq!(sout, "serve=-32\n");
-    // A length past the message area is the caller's fault, before the
-    // callee runs.
-    let ((exit, _, _), (served, _, _)) = call_pair(
-        spec("faults-c", &["faults", "view-biglen"]),
-        spec("chan-c", &["chan", "serve"]),
-    );
-    assert!(
-        matches!(&exit, GuestExit::Faulted { fault: Fault::ViewProtocol(how), .. } if how.contains("bytes")),
-        "{exit:?}"
-    );
-    assert_eq!(served, GuestExit::Exited(0));
+    for mode in MODES {
+        // A caller that lies about its own view number still gets its reply,
+        // and the callee goes on.
+        let ((exit, out, err), (served, sout, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-liar"]),
+            spec("faults-c", &["faults", "view-secret"]),
+        );
+        assert_eq!(exit, GuestExit::Exited(0), "{err}");
+        assert_eq!(out, "call=2\n");
+        assert_eq!(served, GuestExit::Exited(0));
+        assert_eq!(sout, "serve=-32\n");
+        let ((exit, out, err), (served, _, _)) = call_pair(
+            mode,
+            spec("faults-c", &["faults", "view-biglen"]),
+            spec("chan-c", &["chan", "serve"]),
+        );
+        if mode == Switching::Memslot {
+            // A length past the message area is the caller's fault, seen
+            // by the monitor before the callee runs.
+            assert!(
+                matches!(&exit, GuestExit::Faulted { fault: Fault::ViewProtocol(how), .. } if how.contains("bytes")),
+                "{exit:?}"
+            );
+        } else {
+            // No monitor sees a VMFUNC call: the callee's landing clamps
+            // the length to the message area, and the call goes through.
+            assert_eq!(exit, GuestExit::Exited(0), "{err}");
+            assert_eq!(out, "call=65536\n");
+        }
+        assert_eq!(served, GuestExit::Exited(0));
+    }
+}
+
+/// A caller that jumps to the trampoline's way-back switch while in no
+/// call, aiming at its peer: refused. On the fallback the monitor sees a
+/// switch from the wrong place and the caller alone fails; with VMFUNC
+/// the callee's landing finds itself in no call and both end (no monitor
+/// saw who switched).
+#[test]
+fn a_jump_to_the_way_back_outside_a_call_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in MODES {
+        let (mut a, mut b) = pair(
+            mode,
+            spec("faults-c", &["faults", "view-jump-return"]),
+            spec("faults-c", &["faults", "view-secret"]),
+        );
+        let served = std::thread::spawn(move || {
+            let (io, out, _) = GuestIo::capture(Vec::new());
+            (b.run(io), text(&out.contents()))
+        });
+        let (exit, out, _) = run(&mut a);
+        drop(a);
+        let (served, sout) = served.join().expect("the callee's thread");
+        assert_eq!(out, "", "{mode:?}: the caller went on");
+        match &exit {
+            GuestExit::Faulted {
+                fault: Fault::ViewProtocol(how),
+                regs,
+                ..
+            } => {
+                if mode == Switching::Memslot {
+                    assert!(how.contains("outside the trampoline"), "{how}");
+                } else {
+                    assert!(how.contains("both end"), "{how}");
+                    // Nothing of either side's registers is reported.
+                    assert_eq!(regs.rip, 0, "{how}");
+                }
+            }
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        assert!(!sout.contains("TOPSECRET"), "{sout}");
+        match (mode, served) {
+            (Switching::Memslot, Ok(o)) => assert_eq!(o.exit, GuestExit::Exited(0)),
+            // Ended while serving, or before its run began.
+            (_, Ok(o)) => assert!(
+                matches!(&o.exit, GuestExit::Faulted { fault: Fault::ViewProtocol(how), .. } if how.contains("both end")),
+                "{:?}",
+                o.exit
+            ),
+            (_, Err(e)) => assert!(e.to_string().contains("both end"), "{mode:?}: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -369,18 +483,18 @@ fn a_caller_stopped_while_waiting_does_not_harm_its_callee() {
     if !kvm_available() {
         return;
     }
-    let mut caller = spec("chan-c", &["chan", "call", "5", "8"]);
-    caller.timeout = Some(Duration::from_millis(300));
-    let (mut a, mut b) = EptViewFactory
-        .create_pair(caller, spec("chan-c", &["chan", "serve"]))
-        .unwrap();
-    let (exit, _, _) = run(&mut a);
-    assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
-    drop(a);
-    // The callee starts serving only now: its caller is gone, so it ends
-    // normally.
-    let (served, _, err) = run(&mut b);
-    assert_eq!(served, GuestExit::Exited(0), "{err}");
+    for mode in MODES {
+        let mut caller = spec("chan-c", &["chan", "call", "5", "8"]);
+        caller.timeout = Some(Duration::from_millis(300));
+        let (mut a, mut b) = pair(mode, caller, spec("chan-c", &["chan", "serve"]));
+        let (exit, _, _) = run(&mut a);
+        assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
+        drop(a);
+        // The callee starts serving only now: its caller is gone, so it ends
+        // normally.
+        let (served, _, err) = run(&mut b);
+        assert_eq!(served, GuestExit::Exited(0), "{err}");
+    }
 }
 
 #[test]
@@ -388,16 +502,16 @@ fn a_parked_server_is_stopped_by_its_own_time_limit() {
     if !kvm_available() {
         return;
     }
-    let mut server = spec("chan-c", &["chan", "serve"]);
-    server.timeout = Some(Duration::from_millis(300));
-    let (a, mut b) = EptViewFactory
-        .create_pair(spec("chan-c", &["chan", "call", "1", "8"]), server)
-        .unwrap();
-    let t = Instant::now();
-    let (exit, _, _) = run(&mut b);
-    assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    drop(a);
+    for mode in MODES {
+        let mut server = spec("chan-c", &["chan", "serve"]);
+        server.timeout = Some(Duration::from_millis(300));
+        let (a, mut b) = pair(mode, spec("chan-c", &["chan", "call", "1", "8"]), server);
+        let t = Instant::now();
+        let (exit, _, _) = run(&mut b);
+        assert!(matches!(exit, GuestExit::TimedOut { .. }), "{exit:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        drop(a);
+    }
 }
 
 #[test]

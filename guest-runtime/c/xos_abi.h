@@ -28,6 +28,8 @@
 #define XOS_HC_SAFE_POINT 11
 #define XOS_HC_VIEW_SWITCH 12 /* doorbell value: 12 | view << 16 */
 #define XOS_HC_VIEW_SERVE 13
+#define XOS_HC_VIEW_WAIT 14      /* VMFUNC mode, trampoline only */
+#define XOS_HC_VIEW_BAD_ENTRY 15 /* VMFUNC mode, trampoline only */
 
 /* EPT views (abi::view): the trampoline page (the same in every view) and
  * each view's control block. */
@@ -38,6 +40,8 @@
 #define XOS_VIEW_ZERO_FXSAVE 0x200ull
 #define XOS_VIEW_MSG_SIZE 0x10000ull
 #define XOS_VIEW_NO_PEER 0xffffffffffffffffull
+#define XOS_VIEW_NO_SLOT 0xffffffffull
+#define XOS_VIEW_IN_CALL 2
 
 /* The channel window (BootInfo.window): a shared-memory ring channel. */
 #define XOS_WINDOW 0x500000000ull
@@ -107,6 +111,10 @@ struct xos_view_control {
     uint64_t saved_rsp;
     uint64_t msg_addr;
     uint64_t msg_size;
+    uint64_t peer_slot;   /* VMFUNC mode: EPTP-list index of the peer */
+    uint64_t caller_slot; /* VMFUNC mode: EPTP-list index of the caller */
+    uint64_t open;        /* VMFUNC mode: 1 while serving (monitor-written) */
+    uint64_t flags;       /* VMFUNC mode: XOS_VIEW_IN_CALL inside a call */
 };
 
 struct xos_boot_info {

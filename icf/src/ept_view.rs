@@ -4,10 +4,10 @@
 //! other through the trampoline, the vCPU moving into the callee's memory
 //! for the call ([`EptViewFactory::create_pair`], mechanism `view-call`).
 //!
-//! Where the CPU has VMFUNC and `vmfunc-kmod` is loaded, the switch would
-//! be one `VMFUNC` instruction; here (and on any machine without them) it
-//! is the fallback: an exit and a memory-slot switch each way. The factory
-//! says which and why in [`IsolationContextFactory::mode`].
+//! Where the CPU has VMFUNC and `vmfunc-kmod` is loaded, a pair's switch
+//! is one `VMFUNC` instruction, no exit; elsewhere it is the fallback: an
+//! exit and a memory-slot switch each way. The factory says which and why
+//! in [`IsolationContextFactory::mode`].
 
 use crate::channel::ring::GuestEnd;
 use crate::error::IcfError;
@@ -16,6 +16,7 @@ use crate::factory::{
 };
 use std::sync::Arc;
 use vmm::pivot::EfState;
+use vmm::view::Switching;
 use vmm::view_host::{ViewHost, ViewHostError, ViewSource};
 use vmm::{GuestIo, Interrupter, RunConfig, RunOutcome};
 
@@ -56,8 +57,7 @@ fn why_no_vmfunc() -> String {
             "vmfunc-kmod is loaded but this CPU lacks EPTP switching (missing capability bits {:#x})",
             device.info().missing
         ),
-        Ok(_) => "vmfunc-kmod is loaded and usable, but the ICF does not drive it yet (the module is tested on its own, in Bochs)"
-            .to_owned(),
+        Ok(_) => "vmfunc-kmod is loaded and usable".to_owned(),
     }
 }
 
@@ -112,6 +112,19 @@ impl EptViewFactory {
     /// two threads or in either order: a call waits until its callee
     /// serves, and the callee's run ends once the caller is gone.
     pub fn create_pair(&self, caller: IcSpec, callee: IcSpec) -> Result<IcPair, IcfError> {
+        self.create_pair_switching(caller, callee, None)
+    }
+
+    /// [`EptViewFactory::create_pair`] with the views switching as
+    /// `switching` says (`None`: `VMFUNC` where `vmfunc-kmod` is usable,
+    /// else the fallback; [`Switching::EmulatedVmfunc`] tests the `VMFUNC`
+    /// trampoline on machines without VMX).
+    pub fn create_pair_switching(
+        &self,
+        caller: IcSpec,
+        callee: IcSpec,
+        switching: Option<Switching>,
+    ) -> Result<IcPair, IcfError> {
         Self::check(&caller)?;
         Self::check(&callee)?;
         if vmm::memory::checked_size(caller.mem_size).ok()
@@ -123,7 +136,12 @@ impl EptViewFactory {
                     "a pair of views with different memory sizes (views of one VM have one size)",
             });
         }
-        let host = Arc::new(ViewHost::new(2, caller.mem_size, true)?);
+        let host = Arc::new(ViewHost::with_switching(
+            2,
+            caller.mem_size,
+            true,
+            switching,
+        )?);
         let a = Self::place(&host, &caller, None)?;
         let b = Self::place(&host, &callee, None)?;
         host.connect(a.view, b.view).map_err(vmm::RunError::from)?;
@@ -148,10 +166,17 @@ impl IsolationContextFactory for EptViewFactory {
     }
 
     fn mode(&self) -> Option<String> {
-        Some(format!(
-            "fallback: a view switch is an exit and a memory-slot switch, because {}",
-            why_no_vmfunc()
-        ))
+        Some(match vmm::vmfunc::VmfuncDevice::open_usable() {
+            Ok(device) => format!(
+                "vmfunc: a pair's views switch with VMFUNC, no exit (vmfunc-kmod ABI {}, {} views per VM); a standalone IC is the one view of its VM",
+                device.info().abi_version,
+                device.info().max_views
+            ),
+            Err(_) => format!(
+                "fallback: a view switch is an exit and a memory-slot switch, because {}",
+                why_no_vmfunc()
+            ),
+        })
     }
 
     fn create(&self, spec: IcSpec) -> Result<Box<dyn IsolationContext>, IcfError> {

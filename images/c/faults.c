@@ -39,6 +39,9 @@
  *                      whether its own copy of that static buffer holds
  *                      the secret ("peek: reply=ok mine=clean")
  *   view-call          calls its peer once; prints "call=<result>"
+ *   view-jump-return   jumps to the trampoline's way-back switch (the
+ *                      second one) with its peer as the target, while in
+ *                      no call; prints "returned" if it comes back
  *   view-switch N      writes VIEW_SWITCH to view N from its own code
  *                      (outside the trampoline)
  *   view-crash-once    serves with a handler that crashes on its first
@@ -125,26 +128,44 @@ static unsigned long flags_handler(unsigned long len, unsigned long cap)
 }
 
 /* The trampoline's first switch: "a3" and the doorbell address. */
-static uintptr_t call_doorbell(void)
+static volatile struct xos_view_control *view_control(void)
+{
+    return (volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL;
+}
+
+/* The n-th (from 0) view switch in the trampoline page, as this monitor
+ * switches: the VIEW_SWITCH doorbell (memory-slot fallback), or, when the
+ * views have EPTP-list indexes, "xor eax, eax; vmfunc" or the emulated
+ * VMFUNC ("mov eax, ecx; shl eax, 16; ..." then the doorbell). */
+static uintptr_t switch_site(int n)
 {
     const unsigned char *t = (const unsigned char *)(uintptr_t)XOS_VIEW_CALL;
-    for (int i = 0; i < 0x100; i++)
-        if (t[i] == 0xa3 && t[i + 5] == 0x04 && t[i + 1] == 0 && t[i + 4] == 0)
+    volatile struct xos_view_control *c = view_control();
+    int vmfunc = c->peer_slot != XOS_VIEW_NO_SLOT || c->caller_slot != XOS_VIEW_NO_SLOT;
+    static const unsigned char door[9] = {0xa3, 0, 0, 0, 0, 0x04, 0, 0, 0};
+    static const unsigned char real[5] = {0x31, 0xc0, 0x0f, 0x01, 0xd4};
+    static const unsigned char emulated[5] = {0x89, 0xc8, 0xc1, 0xe0, 0x10};
+    for (int i = 0; i + 9 <= 4096; i++) {
+        int hit = vmfunc ? !memcmp(t + i, real, 5) || !memcmp(t + i, emulated, 5)
+                         : !memcmp(t + i, door, 9);
+        if (hit && n-- == 0)
             return (uintptr_t)t + (uintptr_t)i;
+    }
     return 0;
 }
 
-static uint64_t dirty_door, dirty_value;
+static uint64_t dirty_door, dirty_value, dirty_slot;
 static unsigned dirty_mxcsr; /* every SSE exception unmasked */
 
 static long dirty_call(void)
 {
-    volatile struct xos_view_control *c =
-        (volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL;
-    dirty_door = call_doorbell();
+    volatile struct xos_view_control *c = view_control();
+    dirty_door = switch_site(0);
     if (!dirty_door)
         return -1;
     dirty_value = XOS_HC_VIEW_SWITCH | (unsigned)c->peer << 16;
+    dirty_slot = c->peer_slot;
+    c->flags = XOS_VIEW_IN_CALL; /* what view_call's VMFUNC path sets */
     unsigned saved_mxcsr;
     long r;
     __asm__ volatile("stmxcsr %0" : "=m"(saved_mxcsr));
@@ -162,6 +183,7 @@ static long dirty_call(void)
                      "mov $1, %%edi\n\t"
                      "mov $65536, %%esi\n\t"
                      "mov %[value], %%eax\n\t"
+                     "mov %[slot], %%ecx\n\t"
                      "std\n\t"
                      "jmp *%[door]\n"
                      "3:\n\t"
@@ -169,7 +191,8 @@ static long dirty_call(void)
                      : "=a"(r)
                      : [saved] "i"(XOS_VIEW_CONTROL + 32),
                        [self] "i"(XOS_VIEW_CONTROL + 0), [mx] "m"(dirty_mxcsr),
-                       [value] "m"(dirty_value), [door] "m"(dirty_door)
+                       [value] "m"(dirty_value), [slot] "m"(dirty_slot),
+                       [door] "m"(dirty_door)
                      : "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
                        "memory", "cc");
     __asm__ volatile("ldmxcsr %0" : : "m"(saved_mxcsr));
@@ -333,6 +356,23 @@ int main(int argc, char **argv)
         }
         printf("peek: reply=%s mine=%s\n", r > 0 ? reply : "none",
                strstr(secret, "TOPSECRET") ? "SECRET" : "clean");
+        return 0;
+    } else if (!strcmp(m, "view-jump-return")) {
+        /* The way back's switch, taken by a caller that is in no call,
+         * with the registers of a call into its peer. */
+        volatile struct xos_view_control *c = view_control();
+        uintptr_t at = switch_site(1);
+        uint32_t value = XOS_HC_VIEW_SWITCH | (unsigned)c->peer << 16;
+        uint32_t slot = (uint32_t)c->peer_slot;
+        if (!at || xos_view_role() != 1)
+            return usage();
+        __asm__ volatile("mov %0, %%eax\n\t"
+                         "mov %1, %%ecx\n\t"
+                         "jmp *%2"
+                         :
+                         : "m"(value), "m"(slot), "r"(at)
+                         : "rax", "rcx", "memory");
+        printf("returned\n");
         return 0;
     } else if (!strcmp(m, "view-switch") && argc == 3) {
         unsigned view = (unsigned)strtoul(argv[2], NULL, 10);

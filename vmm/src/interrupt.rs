@@ -96,7 +96,12 @@ struct Inner {
     safe_point: AtomicBool,
     /// Tells a guest outside this process about a safe-point request.
     safe_point_hook: Mutex<Option<SafePointHook>>,
+    /// Tells whoever holds a parked guest's gate about a stop.
+    stop_hook: Mutex<Option<StopHook>>,
 }
+
+/// Called when the run is stopped (see [`Interrupter::set_stop_hook`]).
+pub type StopHook = Box<dyn Fn() + Send>;
 
 /// Called when a safe point is requested (see
 /// [`Interrupter::set_safe_point_hook`]).
@@ -123,6 +128,7 @@ impl Interrupter {
                 reason: AtomicU8::new(StopReason::None as u8),
                 safe_point: AtomicBool::new(false),
                 safe_point_hook: Mutex::new(None),
+                stop_hook: Mutex::new(None),
             }),
         }
     }
@@ -155,6 +161,30 @@ impl Interrupter {
             // alive while the target is set; the signal has a handler.
             unsafe { libc::pthread_kill(t.thread, kick_signal()) };
         }
+        if let Some(hook) = self.stop_hook().as_ref() {
+            hook();
+        }
+    }
+
+    /// Has `hook` called on every later [`Interrupter::stop`] (`None`
+    /// removes it), and once now if the run was stopped already: a guest
+    /// parked without a vCPU of its own (an EPT view serving calls that
+    /// switch with `VMFUNC`, no monitor in between) closes its gate this
+    /// way, so that its owner's kill or time limit holds at the next call.
+    pub fn set_stop_hook(&self, hook: Option<StopHook>) {
+        let mut slot = self.stop_hook();
+        *slot = hook;
+        if let (Some(hook), true) = (slot.as_ref(), self.reason() != StopReason::None) {
+            hook();
+        }
+    }
+
+    fn stop_hook(&self) -> MutexGuard<'_, Option<StopHook>> {
+        // As for `target`: a poisoned lock still holds a usable value.
+        self.inner
+            .stop_hook
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Stops the guest: an explicit kill.

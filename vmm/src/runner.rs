@@ -575,9 +575,14 @@ pub(crate) enum HookAction {
 pub(crate) trait ExitHook {
     /// A doorbell write, before the hypercall server.
     fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError>;
-    /// The guest faulted (exception, bad access, triple fault). `true`
-    /// when the hook recovered and the guest goes on.
-    fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<bool, RunError>;
+    /// Every exit, before it is looked at (the guest may have changed
+    /// something the monitor follows, such as its EPT view).
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), RunError>;
+    /// The guest faulted (exception, bad access, triple fault):
+    /// [`HookAction::Resume`] when the hook recovered and the guest goes
+    /// on, [`HookAction::Pass`] to end the run with `fault`,
+    /// [`HookAction::End`] to end it otherwise.
+    fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<HookAction, RunError>;
     /// The run is being stopped (time limit, kill), before its end is
     /// reported.
     fn interrupted(&mut self, machine: &mut Machine) -> Result<(), RunError>;
@@ -589,8 +594,11 @@ impl ExitHook for NoHook {
     fn doorbell(&mut self, _: &mut Machine, _: u32) -> Result<HookAction, RunError> {
         Ok(HookAction::Pass)
     }
-    fn fault(&mut self, _: &mut Machine, _: &GuestExit) -> Result<bool, RunError> {
-        Ok(false)
+    fn after_exit(&mut self, _: &mut Machine) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn fault(&mut self, _: &mut Machine, _: &GuestExit) -> Result<HookAction, RunError> {
+        Ok(HookAction::Pass)
     }
     fn interrupted(&mut self, _: &mut Machine) -> Result<(), RunError> {
         Ok(())
@@ -644,6 +652,7 @@ pub(crate) fn run_loop_hooked(
             Err(e) if e.errno() == libc::EAGAIN => Step::Continue,
             Err(e) => return Err(RunError::Run(e)),
         };
+        hook.after_exit(machine)?;
         match step {
             Step::Continue => {}
             Step::Hypercall(number) => match hook.doorbell(machine, number)? {
@@ -678,8 +687,10 @@ pub(crate) fn run_loop_hooked(
                         Next::Abort(message) => return Ok((GuestExit::Aborted(message), exits)),
                         Next::Fault(fault) => {
                             let exit = faulted(machine, fault);
-                            if !hook.fault(machine, &exit)? {
-                                return Ok((exit, exits));
+                            match hook.fault(machine, &exit)? {
+                                HookAction::Resume => {}
+                                HookAction::Pass => return Ok((exit, exits)),
+                                HookAction::End(other) => return Ok((other, exits)),
                             }
                         }
                     },
@@ -687,24 +698,34 @@ pub(crate) fn run_loop_hooked(
             },
             Step::Exception(vector) => {
                 let exit = exception_exit(machine, vector);
-                if !hook.fault(machine, &exit)? {
-                    let _ = hypercalls.drain_output(machine.memory());
-                    return Ok((exit, exits));
+                match hook.fault(machine, &exit)? {
+                    HookAction::Resume => {}
+                    HookAction::Pass => {
+                        let _ = hypercalls.drain_output(machine.memory());
+                        return Ok((exit, exits));
+                    }
+                    HookAction::End(other) => return Ok((other, exits)),
                 }
             }
             Step::InternalError => {
                 let suberror = machine.internal_suberror();
                 let exit = faulted(machine, Fault::InternalError { suberror });
-                if !hook.fault(machine, &exit)? {
-                    return Ok((exit, exits));
+                match hook.fault(machine, &exit)? {
+                    HookAction::Resume => {}
+                    HookAction::Pass => return Ok((exit, exits)),
+                    HookAction::End(other) => return Ok((other, exits)),
                 }
             }
             Step::Fault(fault) => {
                 let exit = faulted(machine, fault);
-                if !hook.fault(machine, &exit)? {
-                    // Deliver what the guest printed before it failed.
-                    let _ = hypercalls.drain_output(machine.memory());
-                    return Ok((exit, exits));
+                match hook.fault(machine, &exit)? {
+                    HookAction::Resume => {}
+                    HookAction::Pass => {
+                        // Deliver what the guest printed before it failed.
+                        let _ = hypercalls.drain_output(machine.memory());
+                        return Ok((exit, exits));
+                    }
+                    HookAction::End(other) => return Ok((other, exits)),
                 }
             }
             Step::Interrupted => {

@@ -101,8 +101,16 @@ fn build() -> Result<BpfProgram, SeccompError> {
     let err = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // The EPT-view host's vCPU thread, with vmfunc-kmod, asks where the
+    // vCPU is and puts it into a view (only on /dev/xos-vmfunc, whose
+    // module checks that the VM is this process's).
+    let module_ioctls = [
+        crate::vmfunc::VCPU_STATUS as u64,
+        crate::vmfunc::SET_VCPU_VIEW as u64,
+    ];
     let ioctl_rules = VCPU_IOCTLS
         .iter()
+        .chain(module_ioctls.iter())
         .map(|&request| {
             SeccompRule::new(vec![SeccompCondition::new(
                 1,

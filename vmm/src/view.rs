@@ -11,6 +11,15 @@
 //! are, as `VMFUNC` leaves them, so code that switches must sit at the same
 //! address in every view: the trampoline page ([`trampoline`]).
 //!
+//! With the module ([`Switching::Vmfunc`], a pair of views on an Intel
+//! host with `vmfunc-kmod` loaded), view 0 is the base view (KVM's memory
+//! slot 0) and view 1's memory also sits in a KVM slot of its own, above
+//! everything else ([`VMFUNC_SOURCE_GPA`]); a module view maps it at
+//! guest-physical 0, with the pair's message area, so that the guest's
+//! `VMFUNC` changes what guest-physical 0 reads. Nothing checks a switch
+//! there: the trampoline ([`trampoline_for`]) checks every entry against
+//! the entered view's own state.
+//!
 //! Every view has the same layout: its own copy of the system area (page
 //! tables, GDT, IDT), its own image, stack, heap and control block
 //! (`xos_abi::ViewControl`). Two connected views also share a message
@@ -21,15 +30,17 @@ use crate::arch;
 use crate::arch::cpu::Privilege;
 use crate::machine::{prepare_memory, Machine, MachineError};
 use crate::memory;
+use crate::vmfunc::{Prot, VmfuncDevice, VmfuncError};
 use kvm_bindings::kvm_userspace_memory_region;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
     MmapRegion,
 };
 use xos_abi::layout::{BOOT_INFO, VIEW_CONTROL, VIEW_TRAMPOLINE};
-use xos_abi::view::{MSG_SIZE, NO_PEER, ZERO_FXSAVE};
-use xos_abi::{BootInfo, Hypercall, ViewControl, DOORBELL};
+use xos_abi::view::{IN_CALL, MSG_SIZE, NO_PEER, NO_SLOT, ZERO_FXSAVE};
+use xos_abi::{nr, BootInfo, Hypercall, ViewControl, DOORBELL};
 
 /// The most views one VM holds (a `VMFUNC` EPTP list has 512 slots; the
 /// kernel module offers fewer, and so does this fallback).
@@ -45,6 +56,76 @@ pub const WINDOW_GPA: u64 = 0x8_0000_0000;
 
 /// KVM memory slot of the message areas (slot 0 is the active view).
 const MSG_SLOT: u32 = 1;
+
+/// [`Switching::Vmfunc`]: guest-physical address of view `k`'s memory in
+/// KVM's memory slots is this plus `k * MAX_MEM` (view 0's is 0): above
+/// the doorbell, the message areas and the windows, and never mapped by a
+/// view's page tables.
+pub const VMFUNC_SOURCE_GPA: u64 = 0x10_0000_0000;
+
+/// [`Switching::Vmfunc`]: KVM memory slot of view `k`'s memory is this
+/// plus `k` (slots `2 + k` are the channel windows).
+const VMFUNC_SOURCE_SLOT: u32 = 2 + MAX_VIEWS as u32;
+
+/// The vCPU every view runs on.
+const VCPU_ID: u32 = 0;
+
+fn source_gpa(view: usize) -> u64 {
+    VMFUNC_SOURCE_GPA + view as u64 * xos_abi::layout::MAX_MEM
+}
+
+/// How the views of a VM take turns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switching {
+    /// The guest asks the monitor (`VIEW_SWITCH`), which moves memory slot
+    /// 0 to the other view's memory: an exit and two memory-slot changes.
+    Memslot,
+    /// The guest switches itself with `VMFUNC` (EPTP switching through
+    /// `vmfunc-kmod`): no exit.
+    Vmfunc,
+    /// For tests on machines without VMX: the [`Switching::Vmfunc`]
+    /// trampoline and rules, with each `VMFUNC` replaced by a doorbell the
+    /// monitor serves exactly as the CPU would (no check: any EPTP-list
+    /// index with a view, from the trampoline's switch sites only, as
+    /// `VMFUNC` exists only there). The monitor then sees switches, but
+    /// uses nothing of them: what the trampoline checks is tested.
+    EmulatedVmfunc,
+}
+
+/// What [`ViewMachine::with_switching`] sets up.
+#[derive(Debug)]
+pub enum SwitchSetup {
+    /// [`Switching::Memslot`].
+    Memslot,
+    /// [`Switching::Vmfunc`] through this open, usable module (two views).
+    Vmfunc(VmfuncDevice),
+    /// [`Switching::EmulatedVmfunc`] (two views).
+    EmulatedVmfunc,
+}
+
+/// The module's side of a [`Switching::Vmfunc`] VM.
+struct VmfuncViews {
+    device: VmfuncDevice,
+    /// EPTP-list index of each view (view 0 is the base view, index 0).
+    slots: Vec<u32>,
+}
+
+impl std::fmt::Debug for VmfuncViews {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmfuncViews")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A clean x87/SSE state (what a fresh vCPU has).
+pub(crate) fn clean_xsave() -> Box<kvm_bindings::kvm_xsave> {
+    let mut x = Box::new(kvm_bindings::kvm_xsave::default());
+    x.region[0] = 0x037f; // FCW
+    x.region[6] = 0x1f80; // MXCSR
+    x.region[128] = 0x3; // XSTATE_BV: x87, SSE
+    x
+}
 
 /// Errors of a VM with views.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +165,24 @@ pub enum ViewError {
     /// The message areas could not be set up.
     #[error("cannot set up the views' message areas: {0}")]
     MessageArea(String),
+    /// The module refused a step of setting up or switching views.
+    #[error("VMFUNC views (vmfunc-kmod): {op}: {source}")]
+    Vmfunc {
+        /// The step.
+        op: &'static str,
+        /// What the module said.
+        source: VmfuncError,
+    },
+    /// The module's views are fixed once made.
+    #[error("{0} (a VM whose views switch with VMFUNC has its memory slots fixed when its views are made)")]
+    VmfuncLayout(&'static str),
+    /// The module reported a view this VM did not make.
+    #[error("the vCPU is in EPTP-list entry {0}, which is none of this VM's views")]
+    UnknownSlot(u32),
+}
+
+fn vmfunc_error(op: &'static str) -> impl FnOnce(VmfuncError) -> ViewError {
+    move |source| ViewError::Vmfunc { op, source }
 }
 
 /// The views of one VM: the active one is the machine's memory, the
@@ -100,6 +199,10 @@ pub struct ViewTable {
     windows: Vec<bool>,
     /// The message areas (kept for the lifetime of the VM's slot 1).
     _messages: Arc<GuestRegionMmap>,
+    /// The module's views, in [`Switching::Vmfunc`] mode.
+    vmfunc: Option<VmfuncViews>,
+    /// [`Switching::EmulatedVmfunc`] (EPTP-list index `k` is view `k`).
+    emulated: bool,
 }
 
 /// A VM whose guest memory is one of several views.
@@ -115,6 +218,7 @@ impl std::fmt::Debug for ViewMachine {
         f.debug_struct("ViewMachine")
             .field("views", &self.table.count())
             .field("active", &self.table.active)
+            .field("vmfunc", &self.table.vmfunc)
             .finish()
     }
 }
@@ -128,6 +232,17 @@ impl ViewMachine {
     /// guest memory), each with its own system area, the trampoline page
     /// and a control block; view 0 is active.
     pub fn new(count: usize, mem_size: u64, privilege: Privilege) -> Result<Self, ViewError> {
+        Self::with_switching(count, mem_size, privilege, SwitchSetup::Memslot)
+    }
+
+    /// Like [`ViewMachine::new`], switching as `setup` says; the `VMFUNC`
+    /// kinds take a pair (two views).
+    pub fn with_switching(
+        count: usize,
+        mem_size: u64,
+        privilege: Privilege,
+        setup: SwitchSetup,
+    ) -> Result<Self, ViewError> {
         if count == 0 || count > MAX_VIEWS {
             return Err(ViewError::Count(count));
         }
@@ -175,9 +290,22 @@ impl ViewMachine {
                 pairs: 0,
                 windows: vec![false; count],
                 _messages: messages,
+                vmfunc: None,
+                emulated: false,
             },
         };
-        let page = trampoline().page;
+        let switching = match (&setup, count) {
+            (SwitchSetup::Memslot, _) => Switching::Memslot,
+            (SwitchSetup::Vmfunc(_), 2) => Switching::Vmfunc,
+            (SwitchSetup::EmulatedVmfunc, 2) => Switching::EmulatedVmfunc,
+            _ => {
+                return Err(ViewError::VmfuncLayout(
+                    "VMFUNC switching takes exactly two views",
+                ))
+            }
+        };
+        let mut vm = vm;
+        let page = trampoline_for(switching).page;
         for view in 0..count {
             arch::paging::map_view_pages(vm.view(view)?)
                 .map_err(|e| ViewError::Machine(MachineError::from(e)))?;
@@ -187,11 +315,95 @@ impl ViewMachine {
                 &ViewControl {
                     this: view as u64,
                     peer: NO_PEER,
+                    peer_slot: NO_SLOT,
+                    caller_slot: NO_SLOT,
                     ..ViewControl::default()
                 },
             )?;
         }
+        match setup {
+            SwitchSetup::Vmfunc(device) => vm.setup_vmfunc(device, privilege)?,
+            SwitchSetup::EmulatedVmfunc => vm.table.emulated = true,
+            SwitchSetup::Memslot => {}
+        }
         Ok(vm)
+    }
+
+    /// [`Switching::Vmfunc`]: view `k > 0`'s memory in a KVM slot of its
+    /// own, a module view mapping it at guest-physical 0, the vCPU enabled
+    /// and run once (KVM builds its root then, which the module needs
+    /// before it can put the vCPU into a view).
+    fn setup_vmfunc(
+        &mut self,
+        device: VmfuncDevice,
+        privilege: Privilege,
+    ) -> Result<(), ViewError> {
+        let mem_size = self.machine.mem_size();
+        for view in 1..self.count() {
+            let region = self
+                .view(view)?
+                .find_region(GuestAddress(0))
+                .ok_or_else(|| self.table.no_such(view))?;
+            let slot = kvm_userspace_memory_region {
+                slot: VMFUNC_SOURCE_SLOT + view as u32,
+                flags: 0,
+                guest_phys_addr: source_gpa(view),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the range is view `view`'s memory, owned by the view
+            // table, which drops after the machine's VM.
+            unsafe { self.machine.vm().set_user_memory_region(slot) }.map_err(|source| {
+                ViewError::Machine(MachineError::Ioctl {
+                    op: "KVM_SET_USER_MEMORY_REGION (a view's memory)",
+                    source,
+                })
+            })?;
+        }
+        device
+            .attach(self.machine.vm().as_raw_fd())
+            .map_err(vmfunc_error("ATTACH"))?;
+        let mut slots = vec![0];
+        for view in 1..self.count() {
+            let index = device
+                .create_view(true)
+                .map_err(vmfunc_error("CREATE_VIEW"))?;
+            device
+                .map(index, Prot::ALL, 0, mem_size, source_gpa(view))
+                .map_err(vmfunc_error("MAP (a view's memory)"))?;
+            slots.push(index);
+        }
+        device
+            .enable_vcpu(VCPU_ID)
+            .map_err(vmfunc_error("ENABLE_VCPU"))?;
+        // One entry that exits at its first instruction (the trampoline's
+        // `prime`: a doorbell write).
+        let mut regs = crate::arch::cpu::initial_regs(
+            trampoline_for(Switching::Vmfunc).prime,
+            xos_abi::layout::STACK_TOP,
+            0,
+        );
+        regs.rax = u64::from(nr::NOP);
+        let sregs = crate::arch::cpu::initial_sregs(&self.machine.kvm_registers()?.1, privilege);
+        self.machine.set_state(&regs, &sregs, &clean_xsave(), &[])?;
+        let primed = match self.machine.run() {
+            Ok(kvm_ioctls::VcpuExit::MmioWrite(DOORBELL, _)) => Ok(()),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        primed.map_err(|exit| {
+            ViewError::MessageArea(format!(
+                "the vCPU's first entry (to let KVM build its EPT root) ended with {exit}, not at the trampoline's doorbell"
+            ))
+        })?;
+        self.machine.complete_pending_io()?;
+        self.table.vmfunc = Some(VmfuncViews { device, slots });
+        Ok(())
+    }
+
+    /// How this VM's views take turns.
+    pub fn switching(&self) -> Switching {
+        self.table.switching()
     }
 
     /// The VM and its vCPU; its memory is the active view's.
@@ -276,6 +488,11 @@ impl ViewMachine {
         window: &crate::window::SharedWindow,
         region: Arc<GuestRegionMmap>,
     ) -> Result<(), ViewError> {
+        if self.table.switching() != Switching::Memslot {
+            return Err(ViewError::VmfuncLayout(
+                "a channel window needs a memory slot of its own",
+            ));
+        }
         if self.table.calls[view].is_some() || self.table.serves[view].is_some() {
             return Err(ViewError::AlreadyConnected {
                 view,
@@ -354,7 +571,16 @@ impl ViewMachine {
             return Err(area_error("all message areas are in use"));
         }
         let gpa = MSG_GPA + self.table.pairs as u64 * MSG_SIZE;
-        for (view, peer) in [(caller, callee as u64), (callee, NO_PEER)] {
+        let slot = |view: usize| match &self.table.vmfunc {
+            Some(v) => v.slots.get(view).map_or(NO_SLOT, |&s| u64::from(s)),
+            None if self.table.emulated => view as u64,
+            None => NO_SLOT,
+        };
+        let (caller_slot, callee_slot) = (slot(caller), slot(callee));
+        for (view, peer, peer_slot, serves_slot) in [
+            (caller, callee as u64, callee_slot, NO_SLOT),
+            (callee, NO_PEER, NO_SLOT, caller_slot),
+        ] {
             let mem = self.view(view)?;
             arch::paging::write_window_at(mem, MSG_SIZE, gpa)
                 .map_err(|e| ViewError::Machine(MachineError::from(e)))?;
@@ -365,9 +591,19 @@ impl ViewMachine {
                     peer,
                     msg_addr: xos_abi::WINDOW,
                     msg_size: MSG_SIZE,
+                    peer_slot,
+                    caller_slot: serves_slot,
                     ..ViewControl::default()
                 },
             )?;
+            if let Some(v) = &self.table.vmfunc {
+                let index = v.slots[view];
+                if index != 0 {
+                    v.device
+                        .map(index, Prot::READ | Prot::WRITE, gpa, MSG_SIZE, gpa)
+                        .map_err(vmfunc_error("MAP (a message area)"))?;
+                }
+            }
         }
         self.table.pairs += 1;
         self.table.calls[caller] = Some(callee);
@@ -380,6 +616,113 @@ impl ViewTable {
     /// How many views there are.
     pub fn count(&self) -> usize {
         self.inactive.len()
+    }
+
+    /// How the views take turns.
+    pub fn switching(&self) -> Switching {
+        if self.vmfunc.is_some() {
+            Switching::Vmfunc
+        } else if self.emulated {
+            Switching::EmulatedVmfunc
+        } else {
+            Switching::Memslot
+        }
+    }
+
+    /// The view at EPTP-list index `index` (what `VMFUNC` with that index
+    /// switches to), in the `VMFUNC` kinds.
+    pub fn view_at_index(&self, index: u64) -> Option<usize> {
+        match &self.vmfunc {
+            Some(v) => v.slots.iter().position(|&s| u64::from(s) == index),
+            None if self.emulated => usize::try_from(index).ok().filter(|&v| v < self.count()),
+            None => None,
+        }
+    }
+
+    /// [`Switching::Vmfunc`]: which view the vCPU is in now (the guest may
+    /// have switched since the monitor last looked); the monitor's memory
+    /// object follows. The active view otherwise.
+    pub fn sync(&mut self, machine: &mut Machine) -> Result<usize, ViewError> {
+        let Some(v) = &self.vmfunc else {
+            return Ok(self.active);
+        };
+        let status = v
+            .device
+            .vcpu_status(VCPU_ID)
+            .map_err(vmfunc_error("VCPU_STATUS"))?;
+        let view = match status.current_view {
+            crate::vmfunc::VIEW_KVM | 0 => 0,
+            index => v
+                .slots
+                .iter()
+                .position(|&s| s == index)
+                .ok_or(ViewError::UnknownSlot(index))?,
+        };
+        self.follow(machine, view)?;
+        Ok(view)
+    }
+
+    /// [`Switching::Vmfunc`]: puts the vCPU into the active view again
+    /// before a run (KVM puts it back on its own root whenever it reloads
+    /// its MMU).
+    pub fn enter(&self) -> Result<(), ViewError> {
+        match &self.vmfunc {
+            Some(v) => v
+                .device
+                .set_vcpu_view(VCPU_ID, v.slots[self.active])
+                .map_err(vmfunc_error("SET_VCPU_VIEW")),
+            None => Ok(()),
+        }
+    }
+
+    /// The monitor's memory object becomes view `view`'s (the vCPU is
+    /// there already).
+    fn follow(&mut self, machine: &mut Machine, view: usize) -> Result<(), ViewError> {
+        if view == self.active {
+            return Ok(());
+        }
+        let missing = self.no_such(view);
+        let mut next = self
+            .inactive
+            .get_mut(view)
+            .and_then(Option::take)
+            .ok_or(missing)?;
+        machine.swap_memory(&mut next);
+        self.inactive[self.active] = Some(next);
+        self.active = view;
+        Ok(())
+    }
+
+    /// Opens or closes view `view`'s gate ([`ViewControl::open`]): with
+    /// `VMFUNC` calls enter a view only while it is open.
+    pub fn set_gate(&self, machine: &Machine, view: usize, open: bool) -> Result<(), ViewError> {
+        let at = VIEW_CONTROL + std::mem::offset_of!(ViewControl, open) as u64;
+        self.memory(machine, view)?
+            .store(
+                u64::from(open),
+                GuestAddress(at),
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .map_err(|source| {
+                ViewError::Machine(MachineError::Arch(arch::ArchError::Write {
+                    addr: at,
+                    source,
+                }))
+            })
+    }
+
+    /// Something that closes view `view`'s gate from any thread (a stop
+    /// of its parked run: the next call finds it closed).
+    pub fn gate_closer(
+        &self,
+        machine: &Machine,
+        view: usize,
+    ) -> Result<impl Fn() + Send + 'static, ViewError> {
+        let mem = self.memory(machine, view)?.clone();
+        let at = VIEW_CONTROL + std::mem::offset_of!(ViewControl, open) as u64;
+        Ok(move || {
+            let _ = mem.store(0u64, GuestAddress(at), std::sync::atomic::Ordering::SeqCst);
+        })
     }
 
     /// The view the guest sees now.
@@ -423,6 +766,13 @@ impl ViewTable {
     /// slot 0 deleted, then added over the view's memory, which becomes
     /// the machine's. Switching to the active view does nothing.
     pub fn switch(&mut self, machine: &mut Machine, view: usize) -> Result<(), ViewError> {
+        if let Some(v) = &self.vmfunc {
+            let index = *v.slots.get(view).ok_or_else(|| self.no_such(view))?;
+            v.device
+                .set_vcpu_view(VCPU_ID, index)
+                .map_err(vmfunc_error("SET_VCPU_VIEW"))?;
+            return self.follow(machine, view);
+        }
         if view == self.active {
             return Ok(());
         }
@@ -520,7 +870,7 @@ pub fn switch_target(doorbell: u32) -> Option<usize> {
     (doorbell & 0xffff == xos_abi::nr::VIEW_SWITCH).then_some((doorbell >> 16) as usize)
 }
 
-/// The trampoline page and where its doorbell writes are.
+/// The trampoline page and where its switches land.
 pub struct Trampoline {
     /// The page's bytes (code, then the zeroed FXSAVE image).
     pub page: Vec<u8>,
@@ -531,6 +881,32 @@ pub struct Trampoline {
     pub return_landing: u64,
     /// Guest address right after `view_serve`'s `VIEW_SERVE`.
     pub serve_landing: u64,
+    /// Where the monitor resumes a caller whose call failed, with the
+    /// result (`-EPIPE`) in `rdi`: `view_call` returns it.
+    pub fail_landing: u64,
+    /// [`Switching::Vmfunc`]: guest address right after `VIEW_WAIT`
+    /// (resumed there, the caller calls again). 0 otherwise.
+    pub wait_landing: u64,
+    /// [`Switching::Vmfunc`]: a doorbell write the vCPU's first entry
+    /// runs into. 0 otherwise.
+    pub prime: u64,
+    /// [`Switching::Vmfunc`]: the address right after each `VMFUNC`
+    /// (where a switched-to view goes on, and where a switch made with
+    /// the trap flag set traps). Empty otherwise.
+    pub landings: Vec<u64>,
+    /// [`Switching::Vmfunc`]: guest address right after `VIEW_BAD_ENTRY`.
+    /// 0 otherwise.
+    pub bad_entry: u64,
+}
+
+/// Builds the trampoline page for `switching` ([`trampoline`] is the
+/// memory-slot one).
+pub fn trampoline_for(switching: Switching) -> Trampoline {
+    match switching {
+        Switching::Memslot => trampoline(),
+        Switching::Vmfunc => vmfunc_trampoline(false),
+        Switching::EmulatedVmfunc => vmfunc_trampoline(true),
+    }
 }
 
 /// A tiny x86-64 emitter for the trampoline: absolute 32-bit addresses
@@ -548,6 +924,65 @@ impl Asm {
         self.0.extend_from_slice(opcode);
         self.0.extend_from_slice(&(addr as u32).to_le_bytes());
         self
+    }
+    /// Offset in the page of the next byte.
+    fn here(&self) -> usize {
+        self.0.len()
+    }
+    /// Guest address of the next byte.
+    fn addr(&self) -> u64 {
+        VIEW_TRAMPOLINE + self.0.len() as u64
+    }
+    /// Fills with `int3` up to `offset`.
+    fn pad_to(&mut self, offset: u64) -> &mut Self {
+        assert!(
+            self.0.len() <= offset as usize,
+            "trampoline code overlaps {offset:#x}"
+        );
+        self.0.resize(offset as usize, 0xcc);
+        self
+    }
+    /// `mov qword [addr], imm32`.
+    fn store_imm(&mut self, addr: u64, value: u32) -> &mut Self {
+        self.abs(&[0x48, 0xc7, 0x04, 0x25], addr)
+            .raw(&value.to_le_bytes())
+    }
+    /// `cmp qword [addr], imm8`.
+    fn cmp_imm(&mut self, addr: u64, value: u8) -> &mut Self {
+        self.abs(&[0x48, 0x83, 0x3c, 0x25], addr).raw(&[value])
+    }
+    /// `xor eax, eax; vmfunc` (leaf 0, the index in ecx), or when
+    /// `emulate` the doorbell `VIEW_SWITCH | ecx << 16`
+    /// ([`Switching::EmulatedVmfunc`]); records and returns the address
+    /// after it.
+    fn vmfunc(&mut self, emulate: bool, landings: &mut Vec<u64>) -> u64 {
+        if emulate {
+            self.raw(&[0x89, 0xc8]) // mov eax, ecx
+                .raw(&[0xc1, 0xe0, 0x10]) // shl eax, 16
+                .raw(&[0x83, 0xc8, nr::VIEW_SWITCH as u8]); // or eax, VIEW_SWITCH
+            self.doorbell();
+        } else {
+            self.raw(&[0x31, 0xc0, 0x0f, 0x01, 0xd4]);
+        }
+        let after = self.addr();
+        landings.push(after);
+        after
+    }
+    /// A near conditional jump (`0f <op>`) to be patched; returns where.
+    fn jcc(&mut self, op: u8) -> usize {
+        self.raw(&[0x0f, op, 0, 0, 0, 0]);
+        self.0.len() - 4
+    }
+    /// A near jump to be patched; returns where.
+    fn jmp(&mut self) -> usize {
+        self.raw(&[0xe9, 0, 0, 0, 0]);
+        self.0.len() - 4
+    }
+    /// Points the jump whose displacement is at `at` to offset `target`.
+    fn patch(&mut self, at: usize, target: usize) {
+        let rel = target as i64 - (at as i64 + 4);
+        let rel = i32::try_from(rel).expect("a jump within the page");
+        self.0[at..at + 4].copy_from_slice(&rel.to_le_bytes());
     }
     /// `mov [DOORBELL], eax`; returns the address after it.
     fn doorbell(&mut self) -> u64 {
@@ -656,17 +1091,177 @@ pub fn trampoline() -> Trampoline {
     assert!(a.0.len() <= ZERO_FXSAVE as usize, "view_serve overflows");
     let mut page = a.0;
     page.resize(xos_abi::layout::PAGE_SIZE as usize, 0xcc);
-    // The zeroed FXSAVE image: default FCW and MXCSR, everything else 0.
-    let fx = ZERO_FXSAVE as usize;
-    page[fx..fx + 512].fill(0);
-    page[fx..fx + 2].copy_from_slice(&0x037fu16.to_le_bytes());
-    page[fx + 24..fx + 28].copy_from_slice(&0x1f80u32.to_le_bytes());
+    write_zero_fxsave(&mut page);
     Trampoline {
         page,
         call_landing,
         return_landing,
         serve_landing,
+        fail_landing: return_landing,
+        wait_landing: 0,
+        prime: 0,
+        landings: Vec::new(),
+        bad_entry: 0,
     }
+}
+
+/// Where in the page the `VMFUNC` trampoline puts the code that does not
+/// fit before `view_serve` (after the zeroed FXSAVE image).
+const VMFUNC_MORE: usize = 0x400;
+
+/// Builds the [`Switching::Vmfunc`] trampoline page. No monitor sees a
+/// switch, and a view may jump to any `VMFUNC` in its page with any
+/// registers, so every landing checks the entered view's own control
+/// block before it does anything with the registers it found:
+///
+/// - after the call's switch: the view must be open (the monitor opened
+///   it when it parked in `view_serve`, and closes it when its run ends
+///   or its owner stops it) and not inside a call; then its own stack, a
+///   sanitized RFLAGS and x87/SSE state, the length clamped to the message
+///   area, and its handler. Otherwise back to the view it serves with
+///   `edx = 1` ("not serving"), or `VIEW_BAD_ENTRY` if it serves none.
+/// - after the way back (and after a bounce): the view must be inside a
+///   call; then its own stack, sanitized state, and either the reply
+///   length or, on "not serving", `VIEW_WAIT` (the monitor resumes it
+///   when the peer serves, and it calls again). Otherwise `VIEW_BAD_ENTRY`.
+///
+/// The sending side scrubs its registers before every switch, as in the
+/// memory-slot trampoline. `VMFUNC` takes the EPTP-list index in `ecx`
+/// from the sender's control block; an index with no view is a #UD in
+/// the sender's own view.
+fn vmfunc_trampoline(emulate: bool) -> Trampoline {
+    let ctrl = |field: usize| VIEW_CONTROL + field as u64;
+    let handler = ctrl(std::mem::offset_of!(ViewControl, handler));
+    let serve_rsp = ctrl(std::mem::offset_of!(ViewControl, serve_rsp));
+    let saved_rsp = ctrl(std::mem::offset_of!(ViewControl, saved_rsp));
+    let peer_slot = ctrl(std::mem::offset_of!(ViewControl, peer_slot));
+    let caller_slot = ctrl(std::mem::offset_of!(ViewControl, caller_slot));
+    let open = ctrl(std::mem::offset_of!(ViewControl, open));
+    let flags = ctrl(std::mem::offset_of!(ViewControl, flags));
+    let ret = BOOT_INFO
+        + (std::mem::offset_of!(BootInfo, hypercall) + std::mem::offset_of!(Hypercall, ret)) as u64;
+    let mut landings = Vec::new();
+
+    let mut a = Asm(Vec::new());
+    // view_call(len, cap)
+    a.push_callee_saved()
+        .abs(&[0x48, 0x89, 0x24, 0x25], saved_rsp); // mov [saved_rsp], rsp
+    let retry = a.here();
+    a.store_imm(flags, IN_CALL as u32)
+        .scrub()
+        .raw(&[0x45, 0x31, 0xe4, 0x45, 0x31, 0xed]) // xor r12d, r12d; xor r13d, r13d
+        .abs(&[0x8b, 0x0c, 0x25], peer_slot); // mov ecx, [peer_slot]
+    let call_landing = a.vmfunc(emulate, &mut landings);
+    let to_callee = a.jmp();
+    a.pad_to(xos_abi::view::SERVE - VIEW_TRAMPOLINE);
+    // view_serve(): as in the memory-slot trampoline; the monitor opens
+    // the gate when it accepts the park.
+    a.push_callee_saved()
+        .abs(&[0x48, 0x89, 0x24, 0x25], serve_rsp) // mov [serve_rsp], rsp
+        .raw(&[0xb8])
+        .raw(&nr::VIEW_SERVE.to_le_bytes()); // mov eax, VIEW_SERVE
+    let serve_landing = a.doorbell();
+    a.abs(&[0x48, 0x8b, 0x04, 0x25], ret) // mov rax, [hypercall.ret]
+        .pop_callee_saved()
+        .raw(&[0xc3]);
+    let prime = a.addr();
+    a.doorbell();
+    a.raw(&[0x0f, 0x0b]); // ud2
+    assert!(a.0.len() <= ZERO_FXSAVE as usize, "view_serve overflows");
+    a.pad_to(VMFUNC_MORE as u64);
+
+    // In the entered view, after the call's switch.
+    a.patch(to_callee, a.here());
+    a.cmp_imm(open, 1);
+    let not_open = a.jcc(0x85); // jne
+    a.cmp_imm(flags, 0);
+    let busy = a.jcc(0x85); // jne
+    a.store_imm(flags, IN_CALL as u32)
+        .abs(&[0x48, 0x8b, 0x24, 0x25], serve_rsp) // mov rsp, [serve_rsp]
+        .sanitize()
+        .raw(&[0xb8])
+        .raw(&(MSG_SIZE as u32).to_le_bytes()) // mov eax, MSG_SIZE
+        .raw(&[0x48, 0x39, 0xc7]) // cmp rdi, rax
+        .raw(&[0x48, 0x0f, 0x47, 0xf8]) // cmova rdi, rax
+        .raw(&[0x48, 0x89, 0xc6]) // mov rsi, rax
+        .raw(&[0x48, 0x83, 0xec, 0x08]) // sub rsp, 8 (16-byte alignment at the call)
+        .abs(&[0xff, 0x14, 0x25], handler) // call [handler]
+        .raw(&[0x48, 0x89, 0xc7]) // mov rdi, rax (the reply length)
+        .store_imm(flags, 0)
+        .scrub()
+        .raw(&[0x31, 0xf6]) // xor esi, esi
+        .raw(&[0x45, 0x31, 0xe4, 0x45, 0x31, 0xed]) // xor r12d, r12d; xor r13d, r13d
+        .abs(&[0x8b, 0x0c, 0x25], caller_slot); // mov ecx, [caller_slot]
+    let return_landing = a.vmfunc(emulate, &mut landings);
+    // In the entered view, after the way back or a bounce.
+    let check_return = a.here();
+    a.cmp_imm(flags, IN_CALL as u8);
+    let not_calling = a.jcc(0x85); // jne
+    a.abs(&[0x48, 0x8b, 0x24, 0x25], saved_rsp) // mov rsp, [saved_rsp]
+        .sanitize()
+        .raw(&[0x85, 0xd2]); // test edx, edx
+    let bounced = a.jcc(0x85); // jnz
+    let done = a.here();
+    a.store_imm(flags, 0)
+        .raw(&[0x48, 0x89, 0xf8]) // mov rax, rdi
+        .raw(&[0x31, 0xff]) // xor edi, edi
+        .pop_callee_saved()
+        .raw(&[0xc3]); // ret
+    let fail_landing = a.addr();
+    a.abs(&[0x48, 0x8b, 0x24, 0x25], saved_rsp) // mov rsp, [saved_rsp]
+        .sanitize();
+    let to_done = a.jmp();
+    a.patch(to_done, done);
+    // The peer did not serve: the monitor parks this run until it does.
+    a.patch(bounced, a.here());
+    a.store_imm(flags, 0)
+        .raw(&[0xb8])
+        .raw(&nr::VIEW_WAIT.to_le_bytes()); // mov eax, VIEW_WAIT
+    let wait_landing = a.doorbell();
+    let again = a.jmp();
+    a.patch(again, retry);
+    // The entered view does not serve now: back to the view it serves.
+    a.patch(not_open, a.here());
+    a.patch(busy, a.here());
+    a.abs(&[0x8b, 0x0c, 0x25], caller_slot) // mov ecx, [caller_slot]
+        .raw(&[0x81, 0xf9, 0xff, 0x01, 0x00, 0x00]); // cmp ecx, 511
+    let no_caller = a.jcc(0x87); // ja
+    a.raw(&[0xba, 0x01, 0x00, 0x00, 0x00]); // mov edx, 1
+    a.vmfunc(emulate, &mut landings);
+    let to_check = a.jmp();
+    a.patch(to_check, check_return);
+    // Entered where nothing was expected.
+    a.patch(not_calling, a.here());
+    a.patch(no_caller, a.here());
+    a.raw(&[0xb8]).raw(&nr::VIEW_BAD_ENTRY.to_le_bytes()); // mov eax, VIEW_BAD_ENTRY
+    let bad_entry = a.doorbell();
+    a.raw(&[0x0f, 0x0b]); // ud2
+    let mut page = a.0;
+    assert!(
+        page.len() <= xos_abi::layout::PAGE_SIZE as usize,
+        "the trampoline overflows its page"
+    );
+    page.resize(xos_abi::layout::PAGE_SIZE as usize, 0xcc);
+    write_zero_fxsave(&mut page);
+    Trampoline {
+        page,
+        call_landing,
+        return_landing,
+        serve_landing,
+        fail_landing,
+        wait_landing,
+        prime,
+        landings,
+        bad_entry,
+    }
+}
+
+/// The zeroed FXSAVE image: default FCW and MXCSR, everything else 0.
+fn write_zero_fxsave(page: &mut [u8]) {
+    let fx = ZERO_FXSAVE as usize;
+    page[fx..fx + 512].fill(0);
+    page[fx..fx + 2].copy_from_slice(&0x037fu16.to_le_bytes());
+    page[fx + 24..fx + 28].copy_from_slice(&0x1f80u32.to_le_bytes());
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ use crate::runner::{
     run_loop_hooked, wait_for_result, ExitHook, HookAction, LoopControl, RunConfig, RunError,
     RunOutcome,
 };
-use crate::view::{switch_target, trampoline, Trampoline, ViewError, ViewMachine, ViewTable};
+use crate::view::{
+    clean_xsave, switch_target, trampoline_for, SwitchSetup, Switching, Trampoline, ViewError,
+    ViewMachine, ViewTable,
+};
 use crate::window::SharedWindow;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -142,12 +145,14 @@ pub struct ViewHost {
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
     mem_size: u64,
+    switching: Switching,
 }
 
 impl std::fmt::Debug for ViewHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ViewHost")
             .field("mem_size", &self.mem_size)
+            .field("switching", &self.switching)
             .finish_non_exhaustive()
     }
 }
@@ -169,10 +174,37 @@ impl ViewHost {
     /// A VM with `views` views of `mem_size` bytes each and its vCPU
     /// thread (under the vCPU seccomp filter when `seccomp`).
     pub fn new(views: usize, mem_size: u64, seccomp: bool) -> Result<ViewHost, RunError> {
+        Self::with_switching(views, mem_size, seccomp, None)
+    }
+
+    /// Like [`ViewHost::new`], switching as `switching` says; `None`
+    /// picks [`Switching::Vmfunc`] for a pair when `vmfunc-kmod` is loaded
+    /// and usable ([`crate::vmfunc::VmfuncDevice::open_usable`]), else [`Switching::Memslot`].
+    pub fn with_switching(
+        views: usize,
+        mem_size: u64,
+        seccomp: bool,
+        switching: Option<Switching>,
+    ) -> Result<ViewHost, RunError> {
         install_handler()?;
         crate::reaper::start();
-        let mut vm = ViewMachine::new(views, mem_size, Privilege::User)
-            .map_err(|e| RunError::from(ViewHostError::View(e)))?;
+        let view_error = |e| RunError::from(ViewHostError::View(e));
+        let setup = match switching {
+            Some(Switching::Memslot) => SwitchSetup::Memslot,
+            Some(Switching::EmulatedVmfunc) => SwitchSetup::EmulatedVmfunc,
+            Some(Switching::Vmfunc) => SwitchSetup::Vmfunc(
+                crate::vmfunc::VmfuncDevice::open_usable()
+                    .map_err(|source| view_error(ViewError::Vmfunc { op: "open", source }))?,
+            ),
+            None if views == 2 => match crate::vmfunc::VmfuncDevice::open_usable() {
+                Ok(device) => SwitchSetup::Vmfunc(device),
+                Err(_) => SwitchSetup::Memslot,
+            },
+            None => SwitchSetup::Memslot,
+        };
+        let mut vm = ViewMachine::with_switching(views, mem_size, Privilege::User, setup)
+            .map_err(view_error)?;
+        let switching = vm.switching();
         vm.machine().report_registers_on_exit();
         let mem_size = vm.machine().mem_size();
         let (tx, rx) = mpsc::channel();
@@ -195,7 +227,13 @@ impl ViewHost {
             requests: Some(tx),
             thread: Some(thread),
             mem_size,
+            switching,
         })
+    }
+
+    /// How this VM's views take turns.
+    pub fn switching(&self) -> Switching {
+        self.switching
     }
 
     /// Size of each view's memory.
@@ -320,15 +358,6 @@ struct Host {
     tramp: Trampoline,
 }
 
-/// A clean x87/SSE state (what a fresh vCPU has).
-fn clean_xsave() -> Box<kvm_bindings::kvm_xsave> {
-    let mut x = Box::new(kvm_bindings::kvm_xsave::default());
-    x.region[0] = 0x037f; // FCW
-    x.region[6] = 0x1f80; // MXCSR
-    x.region[128] = 0x3; // XSTATE_BV: x87, SSE
-    x
-}
-
 impl Host {
     fn new(vm: ViewMachine) -> Host {
         let slots = (0..vm.count())
@@ -338,11 +367,8 @@ impl Host {
                 window: None,
             })
             .collect();
-        Host {
-            vm,
-            slots,
-            tramp: trampoline(),
-        }
+        let tramp = trampoline_for(vm.switching());
+        Host { vm, slots, tramp }
     }
 
     fn serve(mut self, requests: mpsc::Receiver<Request>) {
@@ -512,6 +538,7 @@ impl Host {
         };
         match std::mem::replace(&mut slot.state, State::Ended("removed".into())) {
             State::Parked(_, run) | State::WaitingForPeer(_, run, _) => {
+                self.unpark(view, &run);
                 let _ = run.reply.send(Ok(RunOutcome {
                     exit: GuestExit::Killed,
                     stats: RunStats::default(),
@@ -523,6 +550,30 @@ impl Host {
             State::Free => slot.state = State::Free,
             _ => {}
         }
+    }
+
+    /// A parked view stops serving: with `VMFUNC` its gate closes (calls
+    /// bounce off it) and its stop no longer needs to close it.
+    fn unpark(&mut self, view: usize, run: &PendingRun) {
+        run.interrupter.set_stop_hook(None);
+        if self.vm.switching() != Switching::Memslot {
+            let (machine, table) = self.vm.parts();
+            let _ = table.set_gate(machine, view, false);
+        }
+    }
+
+    /// A view parks in `view_serve`: with `VMFUNC` its gate opens, and a
+    /// stop of its run (its owner's kill or time limit) closes it at once,
+    /// from whatever thread stops it, so the next call bounces.
+    fn open_gate(&mut self, view: usize, run: &PendingRun) -> Result<(), ViewError> {
+        if self.vm.switching() == Switching::Memslot {
+            return Ok(());
+        }
+        let (machine, table) = self.vm.parts();
+        table.set_gate(machine, view, true)?;
+        let close = table.gate_closer(machine, view)?;
+        run.interrupter.set_stop_hook(Some(Box::new(close)));
+        Ok(())
     }
 
     fn is_parked(&self, view: usize) -> bool {
@@ -557,6 +608,7 @@ impl Host {
             State::Ended("stopped while serving or waiting for its peer".into()),
         );
         if let State::Parked(saved, run) | State::WaitingForPeer(saved, run, _) = state {
+            self.unpark(view, &run);
             let exit = match run.interrupter.reason() {
                 StopReason::Kill => GuestExit::Killed,
                 _ => GuestExit::TimedOut {
@@ -606,6 +658,7 @@ impl Host {
                         self.resume(view, *saved, run, Resume::CallFailed);
                     }
                     State::Parked(saved, run) => {
+                        self.unpark(view, &run);
                         self.resume(view, *saved, run, Resume::ServeEnded);
                     }
                     other => self.slots[view].state = other,
@@ -669,11 +722,15 @@ impl Host {
     /// Puts `view`'s saved state on the vCPU and runs it.
     fn resume(&mut self, view: usize, mut saved: Saved, run: PendingRun, how: Resume) {
         let mut in_call = None;
+        let vmfunc = self.vm.switching() != Switching::Memslot;
         match how {
             Resume::Continue => {}
+            // With VMFUNC the caller waits after its trampoline's
+            // `VIEW_WAIT` and calls again itself.
+            Resume::IntoCall(_) if vmfunc => {}
             Resume::IntoCall(peer) => in_call = Some(peer),
             Resume::CallFailed => {
-                saved.regs.rip = self.tramp.return_landing;
+                saved.regs.rip = self.tramp.fail_landing;
                 saved.regs.rdi = err::EPIPE as u64;
             }
             Resume::ServeEnded | Resume::Restored => {}
@@ -750,7 +807,14 @@ impl Host {
             device: None,
         };
         let (machine, table) = self.vm.parts();
+        if let Err(e) = table.enter() {
+            let e = RunError::from(ViewHostError::View(e));
+            self.slots[view].state = State::Ended(e.to_string());
+            let _ = reply.send(Err(e));
+            return;
+        }
         let mut hook = ViewHook {
+            switching: table.switching(),
             table,
             tramp: &self.tramp,
             own: view,
@@ -804,6 +868,14 @@ impl Host {
             Ok(o) if serving || waiting_for.is_some() => match save(self.vm.machine()) {
                 Ok(saved) => {
                     let run = pending(reply);
+                    if waiting_for.is_none() {
+                        if let Err(e) = self.open_gate(view, &run) {
+                            let e = RunError::from(ViewHostError::View(e));
+                            self.slots[view].state = State::Ended(e.to_string());
+                            let _ = run.reply.send(Err(e));
+                            return;
+                        }
+                    }
                     self.slots[view].state = match waiting_for {
                         Some(peer) => State::WaitingForPeer(Box::new(saved), run, peer),
                         None => State::Parked(Box::new(saved), run),
@@ -837,7 +909,8 @@ impl Host {
     /// failure.
     fn fail_callee(&mut self, callee: usize, how: String) {
         let state = std::mem::replace(&mut self.slots[callee].state, State::Ended(how.clone()));
-        if let State::Parked(_, run) = state {
+        if let State::Parked(_, run) | State::WaitingForPeer(_, run, _) = state {
+            self.unpark(callee, &run);
             // Interrupted by its caller's stop, it broke no rule: it was
             // killed. Anything else is its own doing.
             let exit = if how == CALLER_STOPPED {
@@ -947,6 +1020,9 @@ const TRAP_FLAG: u64 = 1 << 8;
 
 /// The switch rules, seen by the run loop of one view's run.
 struct ViewHook<'a> {
+    /// How the views switch (with `VMFUNC` the monitor sees no switch and
+    /// learns where the vCPU is at each exit).
+    switching: Switching,
     table: &'a mut ViewTable,
     tramp: &'a Trampoline,
     /// The view whose run this is.
@@ -984,26 +1060,190 @@ impl ViewHook<'_> {
         how: String,
     ) -> Result<(), RunError> {
         self.failed.push((callee, how));
+        self.leave_call(machine, callee)
+    }
+
+    /// Back to the caller, whose call returns `EPIPE`; the callee serves
+    /// no more calls in this run.
+    fn leave_call(&mut self, machine: &mut Machine, callee: usize) -> Result<(), RunError> {
         if let Some(p) = self.parked.get_mut(callee) {
             *p = false;
         }
         self.call = None;
-        self.table
-            .switch(machine, self.own)
-            .map_err(|e| RunError::from(ViewHostError::View(e)))?;
-
-        let mut regs = crate::arch::cpu::initial_regs(self.tramp.return_landing, STACK_TOP, 0);
+        let view_error = |e| RunError::from(ViewHostError::View(e));
+        if self.switching != Switching::Memslot {
+            self.table
+                .set_gate(machine, callee, false)
+                .map_err(view_error)?;
+        }
+        let mut regs = crate::arch::cpu::initial_regs(self.tramp.fail_landing, STACK_TOP, 0);
         regs.rdi = err::EPIPE as u64; // the call's result
                                       // Loaded now (ioctls), not with the next entry: a run stopped here
                                       // reports these, the caller's, not the callee's.
         let sregs = crate::arch::cpu::initial_sregs(&machine.kvm_registers()?.1, Privilege::User);
         machine.set_state(&regs, &sregs, &clean_xsave(), &[])?;
+        self.table.switch(machine, self.own).map_err(view_error)?;
         Ok(())
+    }
+
+    /// With `VMFUNC`: a switch outside the call protocol. Either view of
+    /// the pair may have made it (a view can jump to any `VMFUNC` of its
+    /// trampoline with any registers, and no monitor saw the switch), so
+    /// both end; the registers are not reported (they may be the other
+    /// view's).
+    fn end_both(&mut self, machine: &mut Machine, what: &str) -> Result<HookAction, RunError> {
+        let what = format!(
+            "{what} (with VMFUNC the monitor cannot tell which view of the pair did it, so both end)"
+        );
+        let other = self
+            .table
+            .peer_of(self.own)
+            .or_else(|| self.table.caller_of(self.own));
+        if let Some(other) = other {
+            self.failed.push((other, what.clone()));
+            if let Some(p) = self.parked.get_mut(other) {
+                *p = false;
+            }
+            self.table
+                .set_gate(machine, other, false)
+                .map_err(|e| RunError::from(ViewHostError::View(e)))?;
+        }
+        self.call = None;
+        Ok(HookAction::End(GuestExit::Faulted {
+            fault: Fault::ViewProtocol(what),
+            regs: Box::default(),
+            mem_size: machine.mem_size(),
+        }))
+    }
+
+    /// Whether `view` serves now (parked, and its owner did not stop it).
+    fn serves(&self, view: usize) -> bool {
+        let stopped = self
+            .stops
+            .get(view)
+            .and_then(Option::as_ref)
+            .is_some_and(|i| i.reason() != StopReason::None);
+        !stopped && self.parked.get(view).copied().unwrap_or(false)
+    }
+
+    /// The doorbell with `VMFUNC` switching: the monitor checks no switch
+    /// (the trampoline does), it sees where the vCPU is ([`Self::call`],
+    /// kept by `after_exit`) and serves the trampoline's own requests.
+    fn vmfunc_doorbell(
+        &mut self,
+        machine: &mut Machine,
+        value: u32,
+    ) -> Result<HookAction, RunError> {
+        let regs = machine.exit_registers();
+        let rip = regs.rip;
+        let view_error = |e| RunError::from(ViewHostError::View(e));
+        if self.switching == Switching::EmulatedVmfunc && self.tramp.landings.contains(&rip) {
+            if let Some(index) = switch_target(value) {
+                // What the CPU does: any index with a view, no check.
+                let Some(view) = self.table.view_at_index(index as u64) else {
+                    let what = format!("VMFUNC to EPTP-list entry {index}, which is empty (#UD)");
+                    return match self.call {
+                        Some(callee) => {
+                            self.abandon_call(
+                                machine,
+                                callee,
+                                format!("it made a {what} inside a call"),
+                            )?;
+                            Ok(HookAction::Resume)
+                        }
+                        None => Ok(Self::protocol(machine, what)),
+                    };
+                };
+                if regs.rflags & TRAP_FLAG != 0 {
+                    return self.end_both(machine, "a view switched with the trap flag set");
+                }
+                self.table.switch(machine, view).map_err(view_error)?;
+                self.call = (view != self.own).then_some(view);
+                return Ok(HookAction::Resume);
+            }
+        }
+        if value == nr::VIEW_BAD_ENTRY && rip == self.tramp.bad_entry {
+            return self.end_both(
+                machine,
+                "a view was entered where it expected nothing (not serving, not waiting for a reply)",
+            );
+        }
+        if let Some(callee) = self.call {
+            let how = format!("it made hypercall {value} inside a call");
+            self.abandon_call(machine, callee, how)?;
+            return Ok(HookAction::Resume);
+        }
+        match value {
+            nr::VIEW_WAIT if rip == self.tramp.wait_landing => {
+                let Some(peer) = self.table.peer_of(self.own) else {
+                    return Ok(Self::protocol(machine, "VIEW_WAIT without a peer".into()));
+                };
+                if self.serves(peer) {
+                    // Open and not inside a call, yet it turned the call
+                    // away: only its own doing can get there.
+                    self.failed.push((peer, "it turned a call away while serving".into()));
+                    self.leave_call(machine, peer)?;
+                    return Ok(HookAction::Resume);
+                }
+                self.waiting_for = Some(peer);
+                Ok(HookAction::End(GuestExit::Ready))
+            }
+            nr::VIEW_SERVE => self.serve(machine, rip),
+            _ if switch_target(value).is_some()
+                || value == nr::VIEW_WAIT
+                || value == nr::VIEW_BAD_ENTRY =>
+            {
+                Ok(Self::protocol(
+                machine,
+                format!("hypercall {value:#x} from outside the trampoline (VIEW_SWITCH, VIEW_WAIT and VIEW_BAD_ENTRY are the trampoline's)"),
+            ))
+            }
+            _ => Ok(HookAction::Pass),
+        }
+    }
+
+    /// `VIEW_SERVE` from the run's own view.
+    fn serve(&mut self, machine: &mut Machine, rip: u64) -> Result<HookAction, RunError> {
+        if rip != self.tramp.serve_landing {
+            return Ok(Self::protocol(
+                machine,
+                "VIEW_SERVE from outside the trampoline".into(),
+            ));
+        }
+        let control: ViewControl = machine
+            .memory()
+            .read_obj(GuestAddress(VIEW_CONTROL))
+            .unwrap_or_default();
+        if !crate::arch::paging::user_accessible(control.handler, 1, machine.mem_size()) {
+            return Ok(Self::protocol(
+                machine,
+                format!(
+                    "view_serve with handler {:#x}, not in user memory",
+                    control.handler
+                ),
+            ));
+        }
+        self.serving = true;
+        Ok(HookAction::End(GuestExit::Ready))
     }
 }
 
 impl ExitHook for ViewHook<'_> {
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), RunError> {
+        if self.switching == Switching::Vmfunc {
+            let active = self
+                .table
+                .sync(machine)
+                .map_err(|e| RunError::from(ViewHostError::View(e)))?;
+            self.call = (active != self.own).then_some(active);
+        }
+        Ok(())
+    }
+
     fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError> {
+        if self.switching != Switching::Memslot {
+            return self.vmfunc_doorbell(machine, value);
+        }
         let regs = machine.exit_registers();
         let rip = regs.rip;
         // A switch with the trap flag set would single-step the other
@@ -1015,27 +1255,7 @@ impl ExitHook for ViewHook<'_> {
                 self.abandon_call(machine, callee, how)?;
                 return Ok(HookAction::Resume);
             }
-            if rip != self.tramp.serve_landing {
-                return Ok(Self::protocol(
-                    machine,
-                    "VIEW_SERVE from outside the trampoline".into(),
-                ));
-            }
-            let control: ViewControl = machine
-                .memory()
-                .read_obj(GuestAddress(VIEW_CONTROL))
-                .unwrap_or_default();
-            if !crate::arch::paging::user_accessible(control.handler, 1, machine.mem_size()) {
-                return Ok(Self::protocol(
-                    machine,
-                    format!(
-                        "view_serve with handler {:#x}, not in user memory",
-                        control.handler
-                    ),
-                ));
-            }
-            self.serving = true;
-            return Ok(HookAction::End(GuestExit::Ready));
+            return self.serve(machine, rip);
         }
         let Some(target) = switch_target(value) else {
             if let Some(callee) = self.call {
@@ -1117,12 +1337,26 @@ impl ExitHook for ViewHook<'_> {
         }
     }
 
-    fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<bool, RunError> {
+    fn fault(&mut self, machine: &mut Machine, fault: &GuestExit) -> Result<HookAction, RunError> {
+        if self.switching != Switching::Memslot {
+            // A #DB right after a VMFUNC: the switch was made with the
+            // trap flag set, by either view.
+            if let GuestExit::Faulted {
+                fault: Fault::Exception(e),
+                regs,
+                ..
+            } = fault
+            {
+                if e.vector == 1 && self.tramp.landings.contains(&regs.rip) {
+                    return self.end_both(machine, "a view switched with the trap flag set");
+                }
+            }
+        }
         let Some(callee) = self.call else {
-            return Ok(false);
+            return Ok(HookAction::Pass);
         };
         self.abandon_call(machine, callee, format!("it failed inside a call: {fault}"))?;
-        Ok(true)
+        Ok(HookAction::Resume)
     }
 
     fn interrupted(&mut self, machine: &mut Machine) -> Result<(), RunError> {

@@ -316,6 +316,18 @@ impl VmfuncDevice {
         Ok(VmfuncDevice { file, info })
     }
 
+    /// Opens the device if the module is loaded and this CPU can switch
+    /// EPT views: what a VMM that drives it needs to know first.
+    pub fn open_usable() -> Result<Self, VmfuncError> {
+        let device = Self::open()?;
+        if device.info.flags & INFO_USABLE == 0 {
+            return Err(VmfuncError::Unsupported {
+                missing: device.info.missing,
+            });
+        }
+        Ok(device)
+    }
+
     /// What the module reported at open.
     pub fn info(&self) -> Info {
         self.info

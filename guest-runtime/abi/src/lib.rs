@@ -158,6 +158,15 @@ pub mod nr {
     /// calls, and resumes it here with `ret` = [`super::err::EPIPE`] once
     /// its caller is gone.
     pub const VIEW_SERVE: u32 = 13;
+    /// `VMFUNC` mode, from the trampoline only: the peer this view called
+    /// does not serve (yet); the monitor resumes the caller once it does
+    /// (the trampoline then calls again), or with `EPIPE` once it is gone.
+    pub const VIEW_WAIT: u32 = 14;
+    /// `VMFUNC` mode, from the trampoline only: a view was entered at a
+    /// point it did not expect (not serving, not waiting for a reply): a
+    /// switch outside the call protocol, which ends both views of the
+    /// pair (the monitor cannot tell which of them made it).
+    pub const VIEW_BAD_ENTRY: u32 = 15;
 }
 
 /// Negative values a hypercall stores in [`Hypercall::ret`] on failure.
@@ -203,6 +212,11 @@ pub mod view {
     pub const MSG_SIZE: u64 = 64 << 10;
     /// [`ViewControl::peer`] of a view that calls nobody.
     pub const NO_PEER: u64 = u64::MAX;
+    /// [`ViewControl::peer_slot`] / [`ViewControl::caller_slot`] of a
+    /// view without that side (above the EPTP list's 512 entries).
+    pub const NO_SLOT: u64 = 0xffff_ffff;
+    /// [`ViewControl::flags`]: inside a call.
+    pub const IN_CALL: u64 = 2;
 }
 
 /// A view's control block at [`layout::VIEW_CONTROL`]. The monitor writes
@@ -226,6 +240,20 @@ pub struct ViewControl {
     pub msg_addr: u64,
     /// Its size in bytes.
     pub msg_size: u64,
+    /// `VMFUNC` mode: the EPTP-list index of the view this one calls
+    /// ([`view::NO_SLOT`] for none). Written by the monitor.
+    pub peer_slot: u64,
+    /// `VMFUNC` mode: the EPTP-list index of the view this one serves
+    /// ([`view::NO_SLOT`] for none). Written by the monitor.
+    pub caller_slot: u64,
+    /// `VMFUNC` mode: 1 while this view serves calls (parked in
+    /// `view_serve`, its run and its owner's limits intact). Written only
+    /// by the monitor, read by the trampoline at every entry.
+    pub open: u64,
+    /// `VMFUNC` mode: [`view::IN_CALL`] while this view is inside a call
+    /// (the caller waiting for the reply, or the callee running its
+    /// handler). Kept by the trampoline.
+    pub flags: u64,
 }
 
 /// Output record header in the output buffer: a record is this header
