@@ -69,6 +69,12 @@ enum Command {
         /// Which checks: `ept-view`.
         #[arg(value_parser = ["ept-view"])]
         what: String,
+        /// How a pair's views switch: `auto` (VMFUNC where vmfunc-kmod is
+        /// usable, else the memory-slot fallback), `memslot`, `vmfunc`
+        /// (fails without the module), or `emulated` (the VMFUNC
+        /// trampoline with VMFUNC emulated by the monitor).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "memslot", "vmfunc", "emulated"])]
+        switching: String,
     },
     /// The benchmark's process-per-request HTTP server (baseline.cgi_rps).
     #[command(hide = true)]
@@ -213,6 +219,25 @@ fn registry() -> Registry {
     xos_vmm::binary_registry()
 }
 
+/// `xos-vmm selftest ept-view`: TAP on stdout, exit 1 if a check failed.
+fn selftest(switching: &str) -> Result<ExitCode, Failure> {
+    let switching = xos_vmm::selftest::parse_switching(switching)
+        .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
+    println!(
+        "# ept-view pairs switch: {}",
+        switching.map_or(
+            "auto (VMFUNC if vmfunc-kmod is usable, else memory slots)".to_string(),
+            |s| format!("{s:?}")
+        )
+    );
+    let checks = xos_vmm::selftest::ept_view(switching);
+    Ok(if xos_vmm::selftest::print_tap(&checks) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(PROCESS_IC)) {
@@ -232,14 +257,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Icfs { com, remeasure } => icfs(com, remeasure),
         Command::Images => images(),
-        Command::Selftest { .. } => {
-            let checks = xos_vmm::selftest::ept_view();
-            Ok(if xos_vmm::selftest::print_tap(&checks) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Selftest { switching, .. } => selftest(&switching),
         Command::CgiBaseline { listen, program } => cgi_baseline(listen, &program),
         Command::Bench(args) => xos_vmm::bench::main(&args)
             .map(|()| ExitCode::SUCCESS)

@@ -9,6 +9,7 @@
 use crate::icf::ept_view::EptViewFactory;
 use crate::icf::{IcSpec, IsolationContext, IsolationContextFactory};
 use std::time::Duration;
+use vmm::view::Switching;
 use vmm::{Fault, GuestExit, GuestIo, Program};
 
 /// One check's outcome: `Err` says what went wrong.
@@ -24,11 +25,17 @@ fn spec(image: &str, args: &[&str]) -> Result<IcSpec, String> {
 }
 
 fn run(ic: &mut Box<dyn IsolationContext>) -> Result<Ended, String> {
+    run_counted(ic).map(|(exit, text, _)| (exit, text))
+}
+
+/// How a guest ended, what it printed, and how many exits its run took.
+fn run_counted(ic: &mut Box<dyn IsolationContext>) -> Result<(GuestExit, String, u64), String> {
     let (io, out, _err) = GuestIo::capture(Vec::new());
     let outcome = ic.run(io).map_err(|e| e.to_string())?;
     Ok((
         outcome.exit,
         String::from_utf8_lossy(&out.contents()).into_owned(),
+        outcome.stats.exits,
     ))
 }
 
@@ -47,18 +54,51 @@ fn alone(
 type Ended = (GuestExit, String);
 
 /// Runs a connected pair (the callee on a thread); the caller's IC goes
-/// when it ends, which ends the callee's service.
-fn pair(caller: (&str, &[&str]), callee: (&str, &[&str])) -> Result<(Ended, Ended), String> {
+/// when it ends, which ends the callee's service. The caller's exit count
+/// comes last. A callee that ended before its run began (with its caller,
+/// when a VMFUNC pair breaks the protocol) reports why as `Err`.
+fn pair_counted(
+    switching: Option<Switching>,
+    caller: (&str, &[&str]),
+    callee: (&str, &[&str]),
+) -> Result<(Ended, Result<Ended, String>, u64), String> {
     let (mut a, mut b) = EptViewFactory
-        .create_pair(spec(caller.0, caller.1)?, spec(callee.0, callee.1)?)
+        .create_pair_switching(
+            spec(caller.0, caller.1)?,
+            spec(callee.0, callee.1)?,
+            switching,
+        )
         .map_err(|e| e.to_string())?;
     let served = std::thread::spawn(move || run(&mut b));
-    let called = run(&mut a);
+    let called = run_counted(&mut a);
     drop(a);
     let served = served
         .join()
         .map_err(|_| "the callee's thread panicked".to_string())?;
-    Ok((called?, served?))
+    let (exit, text, exits) = called?;
+    Ok(((exit, text), served, exits))
+}
+
+fn pair(
+    switching: Option<Switching>,
+    caller: (&str, &[&str]),
+    callee: (&str, &[&str]),
+) -> Result<(Ended, Ended), String> {
+    let (called, served, _) = pair_counted(switching, caller, callee)?;
+    Ok((called, served?))
+}
+
+/// The selftest's `--switching` values.
+pub fn parse_switching(name: &str) -> Result<Option<Switching>, String> {
+    match name {
+        "auto" => Ok(None),
+        "memslot" => Ok(Some(Switching::Memslot)),
+        "vmfunc" => Ok(Some(Switching::Vmfunc)),
+        "emulated" => Ok(Some(Switching::EmulatedVmfunc)),
+        other => Err(format!(
+            "unknown switching {other:?}: auto, memslot, vmfunc or emulated"
+        )),
+    }
 }
 
 fn expect(what: &str, got: impl std::fmt::Debug, ok: bool) -> Check {
@@ -69,8 +109,10 @@ fn expect(what: &str, got: impl std::fmt::Debug, ok: bool) -> Check {
     }
 }
 
-/// The EPT-view checks, in order.
-pub fn ept_view() -> Vec<(&'static str, Check)> {
+/// The EPT-view checks, in order, with pairs switching as `switching`
+/// says (`None`: as the ICF picks).
+pub fn ept_view(switching: Option<Switching>) -> Vec<(&'static str, Check)> {
+    let vmfunc = switching == Some(Switching::Vmfunc);
     let virtine = crate::binary_registry().resolve("virtine");
     let mut out: Vec<(&'static str, Check)> = Vec::new();
     out.push((
@@ -126,22 +168,28 @@ pub fn ept_view() -> Vec<(&'static str, Check)> {
         ));
     }
     out.push((
-        "a pair makes 20 calls through the trampoline, every reply right",
-        pair(
+        "a pair makes 20 calls through the trampoline, every reply right (with VMFUNC: fewer exits than calls)",
+        pair_counted(
+            switching,
             ("chan-c", &["chan", "call", "20", "100"]),
             ("chan-c", &["chan", "serve"]),
         )
-        .and_then(|((exit, _), (served, _))| {
+        .and_then(|((exit, _), served, exits)| {
+            println!("# 20 calls: the caller's run took {exits} exits");
+            let served = served?.0;
             expect(
-                "caller and callee exits",
-                (&exit, &served),
-                exit == GuestExit::Exited(0) && served == GuestExit::Exited(0),
+                "caller and callee exits, the caller's exit count",
+                (&exit, &served, exits),
+                exit == GuestExit::Exited(0)
+                    && served == GuestExit::Exited(0)
+                    && (!vmfunc || exits < 20),
             )
         }),
     ));
     out.push((
         "the caller sees its own memory, only the reply crosses",
         pair(
+            switching,
             ("faults-c", &["faults", "view-peek"]),
             ("faults-c", &["faults", "view-secret"]),
         )
@@ -156,6 +204,7 @@ pub fn ept_view() -> Vec<(&'static str, Check)> {
     out.push((
         "a callee that crashes in a call fails alone (the call returns EPIPE)",
         pair(
+            switching,
             ("faults-c", &["faults", "view-call"]),
             ("faults-c", &["faults", "view-crash"]),
         )
@@ -177,6 +226,7 @@ pub fn ept_view() -> Vec<(&'static str, Check)> {
     out.push((
         "a switch from outside the trampoline is a fault",
         pair(
+            switching,
             ("faults-c", &["faults", "view-switch", "1"]),
             ("chan-c", &["chan", "serve"]),
         )
@@ -198,11 +248,37 @@ pub fn ept_view() -> Vec<(&'static str, Check)> {
     out.push((
         "a dirty direction flag and MXCSR do not reach the callee",
         pair(
+            switching,
             ("faults-c", &["faults", "view-dirty"]),
             ("faults-c", &["faults", "view-flags"]),
         )
         .and_then(|((_, text), _)| {
             expect("caller's output", &text, text == "reply: df=0 mxcsr=1f80\n")
+        }),
+    ));
+    out.push((
+        "a jump to the way back while in no call is refused, nothing of the callee shows",
+        pair_counted(
+            switching,
+            ("faults-c", &["faults", "view-jump-return"]),
+            ("faults-c", &["faults", "view-secret"]),
+        )
+        .and_then(|((exit, text), served, _)| {
+            let refused = matches!(
+                exit,
+                GuestExit::Faulted {
+                    fault: Fault::ViewProtocol(_),
+                    ..
+                }
+            );
+            let leaked = served
+                .as_ref()
+                .is_ok_and(|(_, out)| out.contains("TOPSECRET"));
+            expect(
+                "caller's exit and output, callee's",
+                (&exit, &text, &served),
+                refused && text.is_empty() && !leaked,
+            )
         }),
     ));
     out

@@ -104,10 +104,7 @@ fn build() -> Result<BpfProgram, SeccompError> {
     // The EPT-view host's vCPU thread, with vmfunc-kmod, asks where the
     // vCPU is and puts it into a view (only on /dev/xos-vmfunc, whose
     // module checks that the VM is this process's).
-    let module_ioctls = [
-        crate::vmfunc::VCPU_STATUS as u64,
-        crate::vmfunc::SET_VCPU_VIEW as u64,
-    ];
+    let module_ioctls = [crate::vmfunc::VCPU_STATUS, crate::vmfunc::SET_VCPU_VIEW];
     let ioctl_rules = VCPU_IOCTLS
         .iter()
         .chain(module_ioctls.iter())

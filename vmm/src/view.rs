@@ -246,6 +246,16 @@ impl ViewMachine {
         if count == 0 || count > MAX_VIEWS {
             return Err(ViewError::Count(count));
         }
+        let switching = match (&setup, count) {
+            (SwitchSetup::Memslot, _) => Switching::Memslot,
+            (SwitchSetup::Vmfunc(_), 2) => Switching::Vmfunc,
+            (SwitchSetup::EmulatedVmfunc, 2) => Switching::EmulatedVmfunc,
+            _ => {
+                return Err(ViewError::VmfuncLayout(
+                    "VMFUNC switching takes exactly two views",
+                ))
+            }
+        };
         let mem_size = memory::checked_size(mem_size).map_err(MachineError::from)?;
         let mut machine = Machine::new(mem_size, privilege)?;
         let messages = MmapRegion::new(MAX_VIEWS * MSG_SIZE as usize).map_err(area_error)?;
@@ -293,16 +303,6 @@ impl ViewMachine {
                 vmfunc: None,
                 emulated: false,
             },
-        };
-        let switching = match (&setup, count) {
-            (SwitchSetup::Memslot, _) => Switching::Memslot,
-            (SwitchSetup::Vmfunc(_), 2) => Switching::Vmfunc,
-            (SwitchSetup::EmulatedVmfunc, 2) => Switching::EmulatedVmfunc,
-            _ => {
-                return Err(ViewError::VmfuncLayout(
-                    "VMFUNC switching takes exactly two views",
-                ))
-            }
         };
         let mut vm = vm;
         let page = trampoline_for(switching).page;
@@ -371,6 +371,13 @@ impl ViewMachine {
             device
                 .map(index, Prot::ALL, 0, mem_size, source_gpa(view))
                 .map_err(vmfunc_error("MAP (a view's memory)"))?;
+            // The pair's message area (the first one; such a VM holds one
+            // pair), mapped now: `connect` runs on the vCPU thread, whose
+            // seccomp filter allows the module only VCPU_STATUS and
+            // SET_VCPU_VIEW.
+            device
+                .map(index, Prot::READ | Prot::WRITE, MSG_GPA, MSG_SIZE, MSG_GPA)
+                .map_err(vmfunc_error("MAP (the message area)"))?;
             slots.push(index);
         }
         device
@@ -571,6 +578,11 @@ impl ViewMachine {
             return Err(area_error("all message areas are in use"));
         }
         let gpa = MSG_GPA + self.table.pairs as u64 * MSG_SIZE;
+        if self.table.switching() != Switching::Memslot && self.table.pairs > 0 {
+            return Err(ViewError::VmfuncLayout(
+                "a VM of views that switch with VMFUNC holds one pair",
+            ));
+        }
         let slot = |view: usize| match &self.table.vmfunc {
             Some(v) => v.slots.get(view).map_or(NO_SLOT, |&s| u64::from(s)),
             None if self.table.emulated => view as u64,
@@ -596,14 +608,6 @@ impl ViewMachine {
                     ..ViewControl::default()
                 },
             )?;
-            if let Some(v) = &self.table.vmfunc {
-                let index = v.slots[view];
-                if index != 0 {
-                    v.device
-                        .map(index, Prot::READ | Prot::WRITE, gpa, MSG_SIZE, gpa)
-                        .map_err(vmfunc_error("MAP (a message area)"))?;
-                }
-            }
         }
         self.table.pairs += 1;
         self.table.calls[caller] = Some(callee);
@@ -1284,6 +1288,64 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    /// Where the bytes of VMFUNC occur in a page.
+    fn vmfunc_bytes(page: &[u8]) -> Vec<u64> {
+        page.windows(3)
+            .enumerate()
+            .filter(|(_, w)| *w == [0x0f, 0x01, 0xd4])
+            .map(|(i, _)| VIEW_TRAMPOLINE + i as u64)
+            .collect()
+    }
+
+    #[test]
+    fn vmfunc_occurs_in_the_vmfunc_trampoline_only_where_meant() {
+        let t = trampoline_for(Switching::Vmfunc);
+        assert_eq!(t.page.len(), 4096);
+        // Three switches: the call, the way back, the bounce; a landing
+        // right after each, and no VMFUNC hidden in any other bytes (a
+        // view could jump into the middle of an instruction).
+        assert_eq!(t.landings.len(), 3);
+        let sites: Vec<u64> = t.landings.iter().map(|l| l - 3).collect();
+        assert_eq!(vmfunc_bytes(&t.page), sites);
+        assert_eq!(t.landings[0], t.call_landing);
+        assert_eq!(t.landings[1], t.return_landing);
+        // The entry points of the ABI, and the zeroed FXSAVE image.
+        assert_eq!(t.page[0], 0x53, "view_call starts with push rbx");
+        assert_eq!(t.page[0x100], 0x53, "view_serve starts with push rbx");
+        assert_eq!(&t.page[0x200..0x202], &[0x7f, 0x03]);
+        for addr in [
+            t.serve_landing,
+            t.wait_landing,
+            t.bad_entry,
+            t.fail_landing,
+            t.prime,
+        ] {
+            assert!(
+                (VIEW_TRAMPOLINE..VIEW_TRAMPOLINE + 4096).contains(&addr),
+                "{addr:#x}"
+            );
+        }
+        // No other trampoline holds VMFUNC.
+        assert!(vmfunc_bytes(&trampoline().page).is_empty());
+        let emulated = trampoline_for(Switching::EmulatedVmfunc);
+        assert!(vmfunc_bytes(&emulated.page).is_empty());
+        assert_eq!(emulated.landings.len(), 3);
+        for landing in emulated.landings {
+            // Each emulated VMFUNC is a doorbell write right before it.
+            let at = (landing - VIEW_TRAMPOLINE) as usize;
+            assert_eq!(t.page.len(), 4096);
+            assert_eq!(emulated.page[at - 9], 0xa3);
+        }
+    }
+
+    #[test]
+    fn vmfunc_switching_takes_a_pair() {
+        let e =
+            ViewMachine::with_switching(3, 4 << 20, Privilege::User, SwitchSetup::EmulatedVmfunc)
+                .err();
+        assert!(matches!(e, Some(ViewError::VmfuncLayout(_))), "{e:?}");
     }
 
     #[test]
