@@ -41,12 +41,15 @@ int main(void) {
     P("epipe", -XOS_EPIPE); P("safe_point", XOS_HC_SAFE_POINT); P("view_switch", XOS_HC_VIEW_SWITCH);
     P("devices", offsetof(struct xos_boot_info, devices));
     P("vc_size", sizeof(struct xos_view_control));
-    P("vc_peer_slot", offsetof(struct xos_view_control, peer_slot));
-    P("vc_caller_slot", offsetof(struct xos_view_control, caller_slot));
-    P("vc_open", offsetof(struct xos_view_control, open));
     P("vc_flags", offsetof(struct xos_view_control, flags));
+    P("vg_size", sizeof(struct xos_view_gate));
+    P("vg_peer_slot", offsetof(struct xos_view_gate, peer_slot));
+    P("vg_caller_slot", offsetof(struct xos_view_gate, caller_slot));
+    P("vg_open", offsetof(struct xos_view_gate, open));
+    P("view_gate", XOS_VIEW_GATE);
     P("view_wait", XOS_HC_VIEW_WAIT); P("view_bad_entry", XOS_HC_VIEW_BAD_ENTRY);
     P("no_slot", XOS_VIEW_NO_SLOT); P("in_call", XOS_VIEW_IN_CALL);
+    P("view_hypercall", XOS_VIEW_HYPERCALL);
     P("virtio_mmio", XOS_VIRTIO_MMIO); P("dev_virtio", XOS_DEVICE_VIRTIO_CHANNEL); P("dev_views", XOS_DEVICE_VIEWS);
     P("ring_magic", XOS_RING_MAGIC); P("ring_control", XOS_RING_CONTROL);
     P("ring_off_magic", XOS_RING_OFF_MAGIC); P("ring_off_capacity", XOS_RING_OFF_CAPACITY);
@@ -120,17 +123,17 @@ int main(void) {
         ("safe_point", u64::from(nr::SAFE_POINT)),
         ("view_switch", u64::from(nr::VIEW_SWITCH)),
         ("vc_size", size_of::<ViewControl>() as u64),
-        ("vc_peer_slot", offset_of!(ViewControl, peer_slot) as u64),
-        (
-            "vc_caller_slot",
-            offset_of!(ViewControl, caller_slot) as u64,
-        ),
-        ("vc_open", offset_of!(ViewControl, open) as u64),
         ("vc_flags", offset_of!(ViewControl, flags) as u64),
+        ("vg_size", size_of::<ViewGate>() as u64),
+        ("vg_peer_slot", offset_of!(ViewGate, peer_slot) as u64),
+        ("vg_caller_slot", offset_of!(ViewGate, caller_slot) as u64),
+        ("vg_open", offset_of!(ViewGate, open) as u64),
+        ("view_gate", xos_abi::view::GATE),
         ("view_wait", u64::from(nr::VIEW_WAIT)),
         ("view_bad_entry", u64::from(nr::VIEW_BAD_ENTRY)),
         ("no_slot", xos_abi::view::NO_SLOT),
         ("in_call", xos_abi::view::IN_CALL),
+        ("view_hypercall", xos_abi::view::HYPERCALL),
         ("devices", offset_of!(BootInfo, devices) as u64),
         ("virtio_mmio", VIRTIO_MMIO),
         ("dev_virtio", DEVICE_VIRTIO_CHANNEL),

@@ -478,6 +478,131 @@ fn a_jump_to_the_way_back_outside_a_call_is_refused() {
     }
 }
 
+/// A caller that jumps to the trampoline's own `VIEW_WAIT` while its
+/// callee serves does not get the callee blamed: the call just goes again.
+#[test]
+fn a_caller_faking_a_bounce_gets_no_one_blamed() {
+    if !kvm_available() {
+        return;
+    }
+    let ((exit, out, err), (served, sout, _)) = call_pair(
+        Switching::EmulatedVmfunc,
+        spec("faults-c", &["faults", "view-fake-wait"]),
+        spec("faults-c", &["faults", "view-secret"]),
+    );
+    assert_eq!(exit, GuestExit::Exited(0), "{err}");
+    assert_eq!(out, "first=2 fake=2\n");
+    assert_eq!(served, GuestExit::Exited(0));
+    assert_eq!(sout, "serve=-32\n");
+}
+
+/// The gate is the monitor's: a view cannot open its own (it is in its
+/// copy of the trampoline page, read-only to it), so a view that never
+/// served, or ended, takes no call.
+#[test]
+fn a_view_cannot_open_its_own_gate() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in MODES {
+        let (mut a, mut b) = pair(
+            mode,
+            spec("faults-c", &["faults", "view-call"]),
+            spec("faults-c", &["faults", "view-reopen"]),
+        );
+        let (served, sout, _) = run(&mut b);
+        assert!(
+            matches!(&served, GuestExit::Faulted { fault: Fault::Exception(e), .. } if e.vector == 14),
+            "{mode:?}: {served:?}"
+        );
+        assert_eq!(sout, "");
+        let (exit, out, err) = run(&mut a);
+        assert_eq!(exit, GuestExit::Exited(0), "{mode:?}: {err}");
+        assert_eq!(out, "call=-32\n", "{mode:?}");
+    }
+}
+
+/// A caller whose run ended (here by its time limit, possibly inside its
+/// trampoline) takes no more entries: its callee, jumping to the way back
+/// as if returning, cannot resume the caller's code and read what it would
+/// have sent next.
+#[test]
+fn an_ended_caller_cannot_be_resumed_by_its_callee() {
+    if !kvm_available() {
+        return;
+    }
+    for trial in 0..8 {
+        let mut caller = spec("faults-c", &["faults", "view-tagged", "100000000"]);
+        caller.timeout = Some(Duration::from_millis(150));
+        let (mut a, mut b) = pair(
+            Switching::EmulatedVmfunc,
+            caller,
+            spec("faults-c", &["faults", "view-zombie"]),
+        );
+        let served = std::thread::spawn(move || {
+            let (io, out, _) = GuestIo::capture(Vec::new());
+            (b.run(io), text(&out.contents()))
+        });
+        let (exit, _, _) = run(&mut a);
+        drop(a);
+        let (served, sout) = served.join().expect("the callee's thread");
+        assert!(
+            matches!(exit, GuestExit::TimedOut { .. }),
+            "{trial}: {exit:?}"
+        );
+        assert!(!sout.contains("area=REQ"), "{trial}: {sout}");
+        let served = served.map(|o| o.exit).map_err(|e| e.to_string());
+        // Killed when the caller's limit struck inside a call, else ended
+        // at its jump.
+        assert!(
+            matches!(&served, Ok(GuestExit::Killed))
+                || matches!(&served, Ok(GuestExit::Faulted { fault: Fault::ViewProtocol(how), .. }) if how.contains("both end")),
+            "{trial}: {served:?} {sout}"
+        );
+    }
+}
+
+/// A caller that switches to view 0 / EPTP-list entry 0 from the
+/// trampoline: on the fallback that is itself, not its peer (refused by the
+/// monitor); with VMFUNC entry 0 is the base, which holds nothing of either
+/// view, so its landing ends both.
+#[test]
+fn a_switch_to_the_base_entry_finds_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in MODES {
+        let (mut a, mut b) = pair(
+            mode,
+            spec("faults-c", &["faults", "view-jump-base"]),
+            spec("faults-c", &["faults", "view-secret"]),
+        );
+        let served = std::thread::spawn(move || {
+            let (io, out, _) = GuestIo::capture(Vec::new());
+            (b.run(io), text(&out.contents()))
+        });
+        let (exit, out, _) = run(&mut a);
+        drop(a);
+        let (_, sout) = served.join().expect("the callee's thread");
+        assert_eq!(out, "", "{mode:?}: the caller went on");
+        assert!(!sout.contains("TOPSECRET"), "{sout}");
+        match &exit {
+            GuestExit::Faulted {
+                fault: Fault::ViewProtocol(how),
+                ..
+            } => {
+                let expected = if mode == Switching::Memslot {
+                    "not its peer"
+                } else {
+                    "base entry"
+                };
+                assert!(how.contains(expected), "{mode:?}: {how}");
+            }
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_caller_stopped_while_waiting_does_not_harm_its_callee() {
     if !kvm_available() {
@@ -526,7 +651,7 @@ fn the_selftest_passes_here_as_in_bochs() {
         let tap = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{tap}{}", text(&out.stderr));
         assert!(!tap.contains("not ok"), "{tap}");
-        assert!(tap.ends_with("1..11\n"), "{tap}");
+        assert!(tap.ends_with("1..12\n"), "{tap}");
     }
     // Without the module, asking for VMFUNC fails the pair checks clearly.
     let out = xos(&["selftest", "ept-view", "--switching", "vmfunc"], b"");

@@ -37,6 +37,8 @@
 #define XOS_VIEW_CONTROL 0x23000ull
 #define XOS_VIEW_CALL XOS_VIEW_TRAMPOLINE
 #define XOS_VIEW_SERVE (XOS_VIEW_TRAMPOLINE + 0x100ull)
+#define XOS_VIEW_HYPERCALL (XOS_VIEW_TRAMPOLINE + 0x1e0ull) /* mov [DOORBELL], eax; ret */
+#define XOS_VIEW_GATE (XOS_VIEW_TRAMPOLINE + 0xf00ull)
 #define XOS_VIEW_ZERO_FXSAVE 0x200ull
 #define XOS_VIEW_MSG_SIZE 0x10000ull
 #define XOS_VIEW_NO_PEER 0xffffffffffffffffull
@@ -111,10 +113,15 @@ struct xos_view_control {
     uint64_t saved_rsp;
     uint64_t msg_addr;
     uint64_t msg_size;
+    uint64_t flags;       /* VMFUNC mode: XOS_VIEW_IN_CALL inside a call */
+};
+
+/* A view's gate at XOS_VIEW_GATE (in its copy of the trampoline page, so
+ * read-only to the guest; the monitor writes it). */
+struct xos_view_gate {
+    uint64_t open;        /* VMFUNC mode: 1 while serving */
     uint64_t peer_slot;   /* VMFUNC mode: EPTP-list index of the peer */
     uint64_t caller_slot; /* VMFUNC mode: EPTP-list index of the caller */
-    uint64_t open;        /* VMFUNC mode: 1 while serving (monitor-written) */
-    uint64_t flags;       /* VMFUNC mode: XOS_VIEW_IN_CALL inside a call */
 };
 
 struct xos_boot_info {

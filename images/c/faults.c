@@ -42,6 +42,16 @@
  *   view-jump-return   jumps to the trampoline's way-back switch (the
  *                      second one) with its peer as the target, while in
  *                      no call; prints "returned" if it comes back
+ *   view-fake-wait     calls once, then jumps to the trampoline's own
+ *                      VIEW_WAIT; prints "first=A fake=B"
+ *   view-reopen        sets up a handler and opens its own gate (read-only:
+ *                      faults), prints "reopened"
+ *   view-tagged N      calls N times with requests "REQ<i>"
+ *   view-zombie        serves; once its caller is gone, jumps to the way
+ *                      back's switch aiming at it; prints what the message
+ *                      area holds then
+ *   view-jump-base     jumps to the call's switch aiming at view 0 /
+ *                      EPTP-list entry 0; prints "returned" if it comes back
  *   view-switch N      writes VIEW_SWITCH to view N from its own code
  *                      (outside the trampoline)
  *   view-crash-once    serves with a handler that crashes on its first
@@ -133,6 +143,11 @@ static volatile struct xos_view_control *view_control(void)
     return (volatile struct xos_view_control *)(uintptr_t)XOS_VIEW_CONTROL;
 }
 
+static volatile struct xos_view_gate *view_gate(void)
+{
+    return (volatile struct xos_view_gate *)(uintptr_t)XOS_VIEW_GATE;
+}
+
 /* The n-th (from 0) view switch in the trampoline page, as this monitor
  * switches: the VIEW_SWITCH doorbell (memory-slot fallback), or, when the
  * views have EPTP-list indexes, "xor eax, eax; vmfunc" or the emulated
@@ -140,8 +155,8 @@ static volatile struct xos_view_control *view_control(void)
 static uintptr_t switch_site(int n)
 {
     const unsigned char *t = (const unsigned char *)(uintptr_t)XOS_VIEW_CALL;
-    volatile struct xos_view_control *c = view_control();
-    int vmfunc = c->peer_slot != XOS_VIEW_NO_SLOT || c->caller_slot != XOS_VIEW_NO_SLOT;
+    volatile struct xos_view_gate *g = view_gate();
+    int vmfunc = g->peer_slot != XOS_VIEW_NO_SLOT || g->caller_slot != XOS_VIEW_NO_SLOT;
     static const unsigned char door[9] = {0xa3, 0, 0, 0, 0, 0x04, 0, 0, 0};
     static const unsigned char real[5] = {0x31, 0xc0, 0x0f, 0x01, 0xd4};
     static const unsigned char emulated[5] = {0x89, 0xc8, 0xc1, 0xe0, 0x10};
@@ -164,7 +179,7 @@ static long dirty_call(void)
     if (!dirty_door)
         return -1;
     dirty_value = XOS_HC_VIEW_SWITCH | (unsigned)c->peer << 16;
-    dirty_slot = c->peer_slot;
+    dirty_slot = view_gate()->peer_slot;
     c->flags = XOS_VIEW_IN_CALL; /* what view_call's VMFUNC path sets */
     unsigned saved_mxcsr;
     long r;
@@ -198,6 +213,48 @@ static long dirty_call(void)
     __asm__ volatile("ldmxcsr %0" : : "m"(saved_mxcsr));
     return r;
 }
+
+
+/* Address of the trampoline's own "mov eax, VIEW_WAIT; mov [DOORBELL],
+ * eax" (b8 0e 00 00 00 a3), or 0. */
+static uintptr_t wait_site(void)
+{
+    const unsigned char *t = (const unsigned char *)(uintptr_t)XOS_VIEW_CALL;
+    static const unsigned char pat[6] = {0xb8, XOS_HC_VIEW_WAIT, 0, 0, 0, 0xa3};
+    for (int i = 0; i + 6 <= 4096; i++)
+        if (!memcmp(t + i, pat, 6))
+            return (uintptr_t)t + (uintptr_t)i;
+    return 0;
+}
+
+static uint64_t jump_door, jump_slot;
+
+/* Enters the trampoline like view_call (callee-saved registers pushed, the
+ * stack pointer saved, so its way back returns here) but jumps to
+ * jump_door with ecx = jump_slot, edx = 0, edi = 2. */
+static long jump_like_a_call(void)
+{
+    long r;
+    __asm__ volatile("call 2f\n\t"
+                     "jmp 3f\n"
+                     "2:\n\t"
+                     "push %%rbx; push %%rbp; push %%r12\n\t"
+                     "push %%r13; push %%r14; push %%r15\n\t"
+                     "mov %%rsp, %c[saved]\n\t"
+                     "mov %[slot], %%ecx\n\t"
+                     "xor %%edx, %%edx\n\t"
+                     "mov $2, %%edi\n\t"
+                     "jmp *%[door]\n"
+                     "3:\n\t"
+                     : "=a"(r)
+                     : [saved] "i"(XOS_VIEW_CONTROL + 32), [door] "m"(jump_door),
+                       [slot] "m"(jump_slot)
+                     : "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
+                       "memory", "cc");
+    return r;
+}
+
+static unsigned char reopen_stack[16384] __attribute__((aligned(16)));
 
 static unsigned long ok_handler(unsigned long len, unsigned long cap)
 {
@@ -357,21 +414,75 @@ int main(int argc, char **argv)
         printf("peek: reply=%s mine=%s\n", r > 0 ? reply : "none",
                strstr(secret, "TOPSECRET") ? "SECRET" : "clean");
         return 0;
-    } else if (!strcmp(m, "view-jump-return")) {
-        /* The way back's switch, taken by a caller that is in no call,
-         * with the registers of a call into its peer. */
+    } else if (!strcmp(m, "view-fake-wait")) {
+        /* A caller that calls once, then jumps to the trampoline's own
+         * VIEW_WAIT doorbell (no switch at all) while its callee serves. */
+        char reply[16] = {0};
+        long a = xos_view_call("x", 1, reply, sizeof reply - 1);
+        jump_door = wait_site();
+        if (!jump_door)
+            return usage();
+        long b = jump_like_a_call();
+        printf("first=%ld fake=%ld\n", a, b);
+        return 0;
+    } else if (!strcmp(m, "view-reopen")) {
+        /* A callee that sets itself up to serve without view_serve and
+         * opens its own gate, then ends. */
         volatile struct xos_view_control *c = view_control();
-        uintptr_t at = switch_site(1);
-        uint32_t value = XOS_HC_VIEW_SWITCH | (unsigned)c->peer << 16;
-        uint32_t slot = (uint32_t)c->peer_slot;
+        c->handler = (uint64_t)(uintptr_t)ok_handler;
+        c->serve_rsp = (uint64_t)(uintptr_t)(reopen_stack + sizeof reopen_stack - 64);
+        view_gate()->open = 1;
+        printf("reopened\n");
+        return 0;
+    } else if (!strcmp(m, "view-tagged") && argc == 3) {
+        /* Calls its peer N times, request i being "REQ<i>". */
+        long n = atol(argv[2]), ok = 0, fail = 0;
+        char reply[16], req[16];
+        for (long i = 0; i < n; i++) {
+            int l = snprintf(req, sizeof req, "REQ%ld", i);
+            long r = xos_view_call(req, (size_t)l, reply, sizeof reply - 1);
+            if (r == 2)
+                ok++;
+            else {
+                fail = r;
+                break;
+            }
+        }
+        printf("ok=%ld fail=%ld\n", ok, fail);
+        return 0;
+    } else if (!strcmp(m, "view-zombie")) {
+        /* Serves; once its caller is gone, jumps to the way back's switch
+         * aiming at the caller, as if returning from a call, and prints
+         * what the message area holds then. */
+        size_t size;
+        char *area = xos_view_buffer(&size);
+        long r = xos_view_serve(ok_handler);
+        memcpy(area, "ZZZZZZZZ", 8);
+        jump_door = switch_site(1);
+        jump_slot = view_gate()->caller_slot;
+        long z = jump_like_a_call();
+        printf("serve=%ld zombie=%ld area=%.8s\n", r, z, area);
+        return 0;
+    } else if (!strcmp(m, "view-jump-return") || !strcmp(m, "view-jump-base")) {
+        /* view-jump-return: the way back's switch, taken by a caller that
+         * is in no call, with the registers of a call into its peer.
+         * view-jump-base: the call's switch to view 0 / EPTP-list entry 0
+         * (the base, which is no view with VMFUNC). */
+        volatile struct xos_view_control *c = view_control();
+        int base = m[10] == 'b';
+        uintptr_t at = switch_site(base ? 0 : 1);
+        uint32_t value = XOS_HC_VIEW_SWITCH | (base ? 0u : (unsigned)c->peer << 16);
+        uint32_t slot = base ? 0u : (uint32_t)view_gate()->peer_slot;
         if (!at || xos_view_role() != 1)
             return usage();
         __asm__ volatile("mov %0, %%eax\n\t"
                          "mov %1, %%ecx\n\t"
+                         "xor %%edi, %%edi\n\t"
+                         "xor %%esi, %%esi\n\t"
                          "jmp *%2"
                          :
                          : "m"(value), "m"(slot), "r"(at)
-                         : "rax", "rcx", "memory");
+                         : "rax", "rcx", "rdi", "rsi", "memory");
         printf("returned\n");
         return 0;
     } else if (!strcmp(m, "view-switch") && argc == 3) {

@@ -576,8 +576,10 @@ pub(crate) trait ExitHook {
     /// A doorbell write, before the hypercall server.
     fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError>;
     /// Every exit, before it is looked at (the guest may have changed
-    /// something the monitor follows, such as its EPT view).
-    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), RunError>;
+    /// something the monitor follows, such as its EPT view):
+    /// [`HookAction::Pass`] to go on with the exit, [`HookAction::End`] to
+    /// end the run instead, [`HookAction::Resume`] to resume the guest.
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<HookAction, RunError>;
     /// The guest faulted (exception, bad access, triple fault):
     /// [`HookAction::Resume`] when the hook recovered and the guest goes
     /// on, [`HookAction::Pass`] to end the run with `fault`,
@@ -594,8 +596,8 @@ impl ExitHook for NoHook {
     fn doorbell(&mut self, _: &mut Machine, _: u32) -> Result<HookAction, RunError> {
         Ok(HookAction::Pass)
     }
-    fn after_exit(&mut self, _: &mut Machine) -> Result<(), RunError> {
-        Ok(())
+    fn after_exit(&mut self, _: &mut Machine) -> Result<HookAction, RunError> {
+        Ok(HookAction::Pass)
     }
     fn fault(&mut self, _: &mut Machine, _: &GuestExit) -> Result<HookAction, RunError> {
         Ok(HookAction::Pass)
@@ -652,7 +654,11 @@ pub(crate) fn run_loop_hooked(
             Err(e) if e.errno() == libc::EAGAIN => Step::Continue,
             Err(e) => return Err(RunError::Run(e)),
         };
-        hook.after_exit(machine)?;
+        match hook.after_exit(machine)? {
+            HookAction::Pass => {}
+            HookAction::Resume => continue,
+            HookAction::End(exit) => return Ok((exit, exits)),
+        }
         match step {
             Step::Continue => {}
             Step::Hypercall(number) => match hook.doorbell(machine, number)? {

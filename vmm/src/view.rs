@@ -40,7 +40,7 @@ use vm_memory::{
 };
 use xos_abi::layout::{BOOT_INFO, VIEW_CONTROL, VIEW_TRAMPOLINE};
 use xos_abi::view::{IN_CALL, MSG_SIZE, NO_PEER, NO_SLOT, ZERO_FXSAVE};
-use xos_abi::{nr, BootInfo, Hypercall, ViewControl, DOORBELL};
+use xos_abi::{nr, BootInfo, Hypercall, ViewControl, ViewGate, DOORBELL};
 
 /// The most views one VM holds (a `VMFUNC` EPTP list has 512 slots; the
 /// kernel module offers fewer, and so does this fallback).
@@ -87,7 +87,8 @@ pub enum Switching {
     /// trampoline and rules, with each `VMFUNC` replaced by a doorbell the
     /// monitor serves exactly as the CPU would (no check: any EPTP-list
     /// index with a view, from the trampoline's switch sites only, as
-    /// `VMFUNC` exists only there). The monitor then sees switches, but
+    /// `VMFUNC` exists only there). View `k` is index `k + 1`; index 0 is
+    /// the base, as with the module. The monitor then sees switches, but
     /// uses nothing of them: what the trampoline checks is tested.
     EmulatedVmfunc,
 }
@@ -106,8 +107,10 @@ pub enum SwitchSetup {
 /// The module's side of a [`Switching::Vmfunc`] VM.
 struct VmfuncViews {
     device: VmfuncDevice,
-    /// EPTP-list index of each view (view 0 is the base view, index 0).
+    /// EPTP-list index of each view (entry 0, the base, is none of them).
     slots: Vec<u32>,
+    /// The base's memory (KVM's slot 0), kept for the VM's lifetime.
+    _base: GuestMemoryMmap,
 }
 
 impl std::fmt::Debug for VmfuncViews {
@@ -315,8 +318,6 @@ impl ViewMachine {
                 &ViewControl {
                     this: view as u64,
                     peer: NO_PEER,
-                    peer_slot: NO_SLOT,
-                    caller_slot: NO_SLOT,
                     ..ViewControl::default()
                 },
             )?;
@@ -339,32 +340,74 @@ impl ViewMachine {
         privilege: Privilege,
     ) -> Result<(), ViewError> {
         let mem_size = self.machine.mem_size();
-        for view in 1..self.count() {
+        let tramp = trampoline_for(Switching::Vmfunc);
+        // The base (KVM's own memory at guest-physical 0, EPTP-list entry
+        // 0): a memory of the monitor's with nothing of either view, so
+        // that a VMFUNC to entry 0, or KVM putting the vCPU back on its
+        // own root, finds nothing to read and only exits: its trampoline's
+        // landings see a closed, unconnected control block.
+        let limbo = prepare_memory(mem_size)?;
+        let arch_error = |e| ViewError::Machine(MachineError::from(e));
+        arch::paging::map_view_pages(&limbo).map_err(arch_error)?;
+        arch::write_bytes(&limbo, VIEW_TRAMPOLINE, &tramp.page).map_err(arch_error)?;
+        limbo
+            .write_obj(
+                ViewControl {
+                    this: NO_PEER,
+                    peer: NO_PEER,
+                    ..ViewControl::default()
+                },
+                GuestAddress(VIEW_CONTROL),
+            )
+            .map_err(|source| {
+                ViewError::Machine(MachineError::Arch(arch::ArchError::Write {
+                    addr: VIEW_CONTROL,
+                    source,
+                }))
+            })?;
+        let set_slot = |machine: &Machine, slot: u32, gpa: u64, size: u64, host: u64| {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: host,
+            };
+            // SAFETY: `host` is 0 (a deletion) or a view's or the base's
+            // memory, owned by the view table, which drops after the
+            // machine's VM.
+            unsafe { machine.vm().set_user_memory_region(region) }.map_err(|source| {
+                ViewError::Machine(MachineError::Ioctl {
+                    op: "KVM_SET_USER_MEMORY_REGION (VMFUNC views)",
+                    source,
+                })
+            })
+        };
+        // Every view's memory in a slot of its own, above everything else.
+        for view in 0..self.count() {
             let region = self
                 .view(view)?
                 .find_region(GuestAddress(0))
                 .ok_or_else(|| self.table.no_such(view))?;
-            let slot = kvm_userspace_memory_region {
-                slot: VMFUNC_SOURCE_SLOT + view as u32,
-                flags: 0,
-                guest_phys_addr: source_gpa(view),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the range is view `view`'s memory, owned by the view
-            // table, which drops after the machine's VM.
-            unsafe { self.machine.vm().set_user_memory_region(slot) }.map_err(|source| {
-                ViewError::Machine(MachineError::Ioctl {
-                    op: "KVM_SET_USER_MEMORY_REGION (a view's memory)",
-                    source,
-                })
-            })?;
+            set_slot(
+                &self.machine,
+                VMFUNC_SOURCE_SLOT + view as u32,
+                source_gpa(view),
+                region.len(),
+                region.as_ptr() as u64,
+            )?;
         }
+        // Slot 0 (view 0's memory until now) becomes the base.
+        let base = limbo
+            .find_region(GuestAddress(0))
+            .ok_or_else(|| ViewError::MessageArea("the base memory has no region".into()))?;
+        set_slot(&self.machine, 0, 0, 0, 0)?;
+        set_slot(&self.machine, 0, 0, base.len(), base.as_ptr() as u64)?;
         device
             .attach(self.machine.vm().as_raw_fd())
             .map_err(vmfunc_error("ATTACH"))?;
-        let mut slots = vec![0];
-        for view in 1..self.count() {
+        let mut slots = Vec::new();
+        for view in 0..self.count() {
             let index = device
                 .create_view(true)
                 .map_err(vmfunc_error("CREATE_VIEW"))?;
@@ -383,13 +426,10 @@ impl ViewMachine {
         device
             .enable_vcpu(VCPU_ID)
             .map_err(vmfunc_error("ENABLE_VCPU"))?;
-        // One entry that exits at its first instruction (the trampoline's
-        // `prime`: a doorbell write).
-        let mut regs = crate::arch::cpu::initial_regs(
-            trampoline_for(Switching::Vmfunc).prime,
-            xos_abi::layout::STACK_TOP,
-            0,
-        );
+        // One entry, in the base, that exits at its first instruction (the
+        // trampoline's `prime`: a doorbell write): KVM builds its root,
+        // which the module needs before it can put the vCPU into a view.
+        let mut regs = crate::arch::cpu::initial_regs(tramp.prime, xos_abi::layout::STACK_TOP, 0);
         regs.rax = u64::from(nr::NOP);
         let sregs = crate::arch::cpu::initial_sregs(&self.machine.kvm_registers()?.1, privilege);
         self.machine.set_state(&regs, &sregs, &clean_xsave(), &[])?;
@@ -404,7 +444,11 @@ impl ViewMachine {
             ))
         })?;
         self.machine.complete_pending_io()?;
-        self.table.vmfunc = Some(VmfuncViews { device, slots });
+        self.table.vmfunc = Some(VmfuncViews {
+            device,
+            slots,
+            _base: limbo,
+        });
         Ok(())
     }
 
@@ -585,13 +629,27 @@ impl ViewMachine {
         }
         let slot = |view: usize| match &self.table.vmfunc {
             Some(v) => v.slots.get(view).map_or(NO_SLOT, |&s| u64::from(s)),
-            None if self.table.emulated => view as u64,
+            None if self.table.emulated => view as u64 + 1,
             None => NO_SLOT,
         };
         let (caller_slot, callee_slot) = (slot(caller), slot(callee));
-        for (view, peer, peer_slot, serves_slot) in [
-            (caller, callee as u64, callee_slot, NO_SLOT),
-            (callee, NO_PEER, NO_SLOT, caller_slot),
+        for (view, peer, gate) in [
+            (
+                caller,
+                callee as u64,
+                ViewGate {
+                    peer_slot: callee_slot,
+                    ..ViewGate::default()
+                },
+            ),
+            (
+                callee,
+                NO_PEER,
+                ViewGate {
+                    caller_slot,
+                    ..ViewGate::default()
+                },
+            ),
         ] {
             let mem = self.view(view)?;
             arch::paging::write_window_at(mem, MSG_SIZE, gpa)
@@ -603,11 +661,10 @@ impl ViewMachine {
                     peer,
                     msg_addr: xos_abi::WINDOW,
                     msg_size: MSG_SIZE,
-                    peer_slot,
-                    caller_slot: serves_slot,
                     ..ViewControl::default()
                 },
             )?;
+            self.table.write_gate(&self.machine, view, &gate)?;
         }
         self.table.pairs += 1;
         self.table.calls[caller] = Some(callee);
@@ -638,24 +695,28 @@ impl ViewTable {
     pub fn view_at_index(&self, index: u64) -> Option<usize> {
         match &self.vmfunc {
             Some(v) => v.slots.iter().position(|&s| u64::from(s) == index),
-            None if self.emulated => usize::try_from(index).ok().filter(|&v| v < self.count()),
+            None if self.emulated => usize::try_from(index)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .filter(|&v| v < self.count()),
             None => None,
         }
     }
 
     /// [`Switching::Vmfunc`]: which view the vCPU is in now (the guest may
     /// have switched since the monitor last looked); the monitor's memory
-    /// object follows. The active view otherwise.
-    pub fn sync(&mut self, machine: &mut Machine) -> Result<usize, ViewError> {
+    /// object follows. `None`: in the base, which is no view (a `VMFUNC`
+    /// to entry 0, or KVM reloaded its MMU). The active view otherwise.
+    pub fn sync(&mut self, machine: &mut Machine) -> Result<Option<usize>, ViewError> {
         let Some(v) = &self.vmfunc else {
-            return Ok(self.active);
+            return Ok(Some(self.active));
         };
         let status = v
             .device
             .vcpu_status(VCPU_ID)
             .map_err(vmfunc_error("VCPU_STATUS"))?;
         let view = match status.current_view {
-            crate::vmfunc::VIEW_KVM | 0 => 0,
+            crate::vmfunc::VIEW_KVM | 0 => return Ok(None),
             index => v
                 .slots
                 .iter()
@@ -663,7 +724,7 @@ impl ViewTable {
                 .ok_or(ViewError::UnknownSlot(index))?,
         };
         self.follow(machine, view)?;
-        Ok(view)
+        Ok(Some(view))
     }
 
     /// [`Switching::Vmfunc`]: puts the vCPU into the active view again
@@ -697,10 +758,23 @@ impl ViewTable {
         Ok(())
     }
 
-    /// Opens or closes view `view`'s gate ([`ViewControl::open`]): with
+    /// Writes view `view`'s gate (`xos_abi::view::GATE`, in its copy of
+    /// the trampoline page: the guest cannot write it).
+    fn write_gate(&self, machine: &Machine, view: usize, gate: &ViewGate) -> Result<(), ViewError> {
+        self.memory(machine, view)?
+            .write_obj(*gate, GuestAddress(xos_abi::view::GATE))
+            .map_err(|source| {
+                ViewError::Machine(MachineError::Arch(arch::ArchError::Write {
+                    addr: xos_abi::view::GATE,
+                    source,
+                }))
+            })
+    }
+
+    /// Opens or closes view `view`'s gate ([`ViewGate::open`]): with
     /// `VMFUNC` calls enter a view only while it is open.
     pub fn set_gate(&self, machine: &Machine, view: usize, open: bool) -> Result<(), ViewError> {
-        let at = VIEW_CONTROL + std::mem::offset_of!(ViewControl, open) as u64;
+        let at = xos_abi::view::GATE + std::mem::offset_of!(ViewGate, open) as u64;
         self.memory(machine, view)?
             .store(
                 u64::from(open),
@@ -723,10 +797,27 @@ impl ViewTable {
         view: usize,
     ) -> Result<impl Fn() + Send + 'static, ViewError> {
         let mem = self.memory(machine, view)?.clone();
-        let at = VIEW_CONTROL + std::mem::offset_of!(ViewControl, open) as u64;
+        let at = xos_abi::view::GATE + std::mem::offset_of!(ViewGate, open) as u64;
         Ok(move || {
             let _ = mem.store(0u64, GuestAddress(at), std::sync::atomic::Ordering::SeqCst);
         })
+    }
+
+    /// A view that is not running, parked or waiting: its gate closed and
+    /// its in-call flag cleared, so that no landing accepts an entry into
+    /// it (its peer jumping to a switch must not resume its code: a view
+    /// stopped inside its trampoline would otherwise still take a reply).
+    pub fn quiesce(&self, machine: &Machine, view: usize) -> Result<(), ViewError> {
+        self.set_gate(machine, view, false)?;
+        let at = VIEW_CONTROL + std::mem::offset_of!(ViewControl, flags) as u64;
+        self.memory(machine, view)?
+            .store(0u64, GuestAddress(at), std::sync::atomic::Ordering::SeqCst)
+            .map_err(|source| {
+                ViewError::Machine(MachineError::Arch(arch::ArchError::Write {
+                    addr: at,
+                    source,
+                }))
+            })
     }
 
     /// The view the guest sees now.
@@ -901,6 +992,16 @@ pub struct Trampoline {
     /// [`Switching::Vmfunc`]: guest address right after `VIEW_BAD_ENTRY`.
     /// 0 otherwise.
     pub bad_entry: u64,
+    /// Guest address right after the hypercall stub's doorbell write
+    /// (`xos_abi::view::HYPERCALL`).
+    pub hypercall_landing: u64,
+}
+
+impl Trampoline {
+    /// Whether `rip` is in the trampoline page.
+    pub fn contains(&self, rip: u64) -> bool {
+        (VIEW_TRAMPOLINE..VIEW_TRAMPOLINE + xos_abi::layout::PAGE_SIZE).contains(&rip)
+    }
 }
 
 /// Builds the trampoline page for `switching` ([`trampoline`] is the
@@ -987,6 +1088,14 @@ impl Asm {
         let rel = target as i64 - (at as i64 + 4);
         let rel = i32::try_from(rel).expect("a jump within the page");
         self.0[at..at + 4].copy_from_slice(&rel.to_le_bytes());
+    }
+    /// The hypercall stub at `xos_abi::view::HYPERCALL`: `mov [DOORBELL],
+    /// eax; ret`; returns the address after the doorbell write.
+    fn hypercall_stub(&mut self) -> u64 {
+        self.pad_to(xos_abi::view::HYPERCALL - VIEW_TRAMPOLINE);
+        let after = self.doorbell();
+        self.raw(&[0xc3]);
+        after
     }
     /// `mov [DOORBELL], eax`; returns the address after it.
     fn doorbell(&mut self) -> u64 {
@@ -1092,6 +1201,7 @@ pub fn trampoline() -> Trampoline {
     a.abs(&[0x48, 0x8b, 0x04, 0x25], ret) // mov rax, [hypercall.ret]
         .pop_callee_saved()
         .raw(&[0xc3]);
+    let hypercall_landing = a.hypercall_stub();
     assert!(a.0.len() <= ZERO_FXSAVE as usize, "view_serve overflows");
     let mut page = a.0;
     page.resize(xos_abi::layout::PAGE_SIZE as usize, 0xcc);
@@ -1106,6 +1216,7 @@ pub fn trampoline() -> Trampoline {
         prime: 0,
         landings: Vec::new(),
         bad_entry: 0,
+        hypercall_landing,
     }
 }
 
@@ -1138,9 +1249,10 @@ fn vmfunc_trampoline(emulate: bool) -> Trampoline {
     let handler = ctrl(std::mem::offset_of!(ViewControl, handler));
     let serve_rsp = ctrl(std::mem::offset_of!(ViewControl, serve_rsp));
     let saved_rsp = ctrl(std::mem::offset_of!(ViewControl, saved_rsp));
-    let peer_slot = ctrl(std::mem::offset_of!(ViewControl, peer_slot));
-    let caller_slot = ctrl(std::mem::offset_of!(ViewControl, caller_slot));
-    let open = ctrl(std::mem::offset_of!(ViewControl, open));
+    let gate = |field: usize| xos_abi::view::GATE + field as u64;
+    let peer_slot = gate(std::mem::offset_of!(ViewGate, peer_slot));
+    let caller_slot = gate(std::mem::offset_of!(ViewGate, caller_slot));
+    let open = gate(std::mem::offset_of!(ViewGate, open));
     let flags = ctrl(std::mem::offset_of!(ViewControl, flags));
     let ret = BOOT_INFO
         + (std::mem::offset_of!(BootInfo, hypercall) + std::mem::offset_of!(Hypercall, ret)) as u64;
@@ -1171,6 +1283,7 @@ fn vmfunc_trampoline(emulate: bool) -> Trampoline {
     let prime = a.addr();
     a.doorbell();
     a.raw(&[0x0f, 0x0b]); // ud2
+    let hypercall_landing = a.hypercall_stub();
     assert!(a.0.len() <= ZERO_FXSAVE as usize, "view_serve overflows");
     a.pad_to(VMFUNC_MORE as u64);
 
@@ -1257,11 +1370,21 @@ fn vmfunc_trampoline(emulate: bool) -> Trampoline {
         prime,
         landings,
         bad_entry,
+        hypercall_landing,
     }
 }
 
-/// The zeroed FXSAVE image: default FCW and MXCSR, everything else 0.
+/// The page's data: the zeroed FXSAVE image (default FCW and MXCSR,
+/// everything else 0) and a closed, unconnected gate.
 fn write_zero_fxsave(page: &mut [u8]) {
+    let gate = ViewGate::default();
+    let at = (xos_abi::view::GATE - VIEW_TRAMPOLINE) as usize;
+    for (i, field) in [gate.open, gate.peer_slot, gate.caller_slot]
+        .iter()
+        .enumerate()
+    {
+        page[at + 8 * i..at + 8 * i + 8].copy_from_slice(&field.to_le_bytes());
+    }
     let fx = ZERO_FXSAVE as usize;
     page[fx..fx + 512].fill(0);
     page[fx..fx + 2].copy_from_slice(&0x037fu16.to_le_bytes());

@@ -512,7 +512,7 @@ impl Host {
     }
 
     fn capture(&mut self, view: usize) -> Result<EfState, ViewHostError> {
-        let regs = match self.slots.get(view).map(|s| &s.state) {
+        let mut regs = match self.slots.get(view).map(|s| &s.state) {
             Some(State::Stopped(saved)) => GuestRegs::from_kvm(&saved.regs, &saved.sregs),
             _ => {
                 return Err(ViewHostError::Ended {
@@ -521,6 +521,21 @@ impl Host {
                 })
             }
         };
+        // Stopped in the trampoline's hypercall stub (every hypercall of a
+        // view goes through it): its `ret` is done here, since the IC the
+        // flow goes to has no trampoline page.
+        if regs.rip == self.tramp.hypercall_landing {
+            let back: u64 = self
+                .vm
+                .view(view)?
+                .read_obj(GuestAddress(regs.rsp))
+                .map_err(|e| ViewHostError::Ended {
+                    view,
+                    how: format!("its stack at {:#x} cannot be read: {e}", regs.rsp),
+                })?;
+            regs.rip = back;
+            regs.rsp += 8;
+        }
         let mem_size = self.vm.machine().mem_size();
         let state = EfState::capture(self.vm.view(view)?, mem_size, regs).map_err(|e| {
             ViewHostError::Ended {
@@ -626,6 +641,26 @@ impl Host {
         }
     }
 
+    /// With VMFUNC nothing but a view's own state keeps its peer from
+    /// entering it: every view that is not running, parked or waiting
+    /// (ended, stopped, not started) takes no entry. Done before any view
+    /// goes on (a run that ended inside its trampoline must not take a
+    /// reply its peer makes up).
+    fn quiesce_idle_views(&mut self) {
+        if self.vm.switching() == Switching::Memslot {
+            return;
+        }
+        for view in 0..self.slots.len() {
+            if !matches!(
+                self.slots[view].state,
+                State::Parked(..) | State::WaitingForPeer(..)
+            ) {
+                let (machine, table) = self.vm.parts();
+                let _ = table.quiesce(machine, view);
+            }
+        }
+    }
+
     /// After any change: stopped parked or waiting runs end; callers
     /// waiting for a peer that now serves go on; waiting callers whose
     /// peer is gone get `EPIPE`; servers whose caller is gone resume to
@@ -637,6 +672,7 @@ impl Host {
             }
         }
         loop {
+            self.quiesce_idle_views();
             let mut progressed = false;
             for view in 0..self.slots.len() {
                 let action = match &self.slots[view].state {
@@ -663,7 +699,10 @@ impl Host {
                     }
                     other => self.slots[view].state = other,
                 }
+                // A run went on (and may have ended): look at every view
+                // again, idle ones quiesced first.
                 progressed = true;
+                break;
             }
             if !progressed {
                 return;
@@ -1137,30 +1176,38 @@ impl ViewHook<'_> {
         let regs = machine.exit_registers();
         let rip = regs.rip;
         let view_error = |e| RunError::from(ViewHostError::View(e));
-        if self.switching == Switching::EmulatedVmfunc && self.tramp.landings.contains(&rip) {
-            if let Some(index) = switch_target(value) {
-                // What the CPU does: any index with a view, no check.
-                let Some(view) = self.table.view_at_index(index as u64) else {
-                    let what = format!("VMFUNC to EPTP-list entry {index}, which is empty (#UD)");
-                    return match self.call {
-                        Some(callee) => {
-                            self.abandon_call(
-                                machine,
-                                callee,
-                                format!("it made a {what} inside a call"),
-                            )?;
-                            Ok(HookAction::Resume)
-                        }
-                        None => Ok(Self::protocol(machine, what)),
-                    };
-                };
-                if regs.rflags & TRAP_FLAG != 0 {
-                    return self.end_both(machine, "a view switched with the trap flag set");
-                }
-                self.table.switch(machine, view).map_err(view_error)?;
-                self.call = (view != self.own).then_some(view);
-                return Ok(HookAction::Resume);
+        if self.switching == Switching::EmulatedVmfunc
+            && self.tramp.landings.contains(&rip)
+            && switch_target(value).is_some()
+        {
+            // The index as VMFUNC reads it: all of ecx.
+            let index = regs.rcx & 0xffff_ffff;
+            if index == 0 {
+                // The base: nothing of either view, every landing there
+                // ends in VIEW_BAD_ENTRY (as with the module).
+                return self.end_both(machine, "a VMFUNC to the base entry");
             }
+            // What the CPU does: any index with a view, no check.
+            let Some(view) = self.table.view_at_index(index) else {
+                let what = format!("VMFUNC to EPTP-list entry {index}, which is empty (#UD)");
+                return match self.call {
+                    Some(callee) => {
+                        self.abandon_call(
+                            machine,
+                            callee,
+                            format!("it made a {what} inside a call"),
+                        )?;
+                        Ok(HookAction::Resume)
+                    }
+                    None => Ok(Self::protocol(machine, what)),
+                };
+            };
+            if regs.rflags & TRAP_FLAG != 0 {
+                return self.end_both(machine, "a view switched with the trap flag set");
+            }
+            self.table.switch(machine, view).map_err(view_error)?;
+            self.call = (view != self.own).then_some(view);
+            return Ok(HookAction::Resume);
         }
         if value == nr::VIEW_BAD_ENTRY && rip == self.tramp.bad_entry {
             return self.end_both(
@@ -1173,16 +1220,26 @@ impl ViewHook<'_> {
             self.abandon_call(machine, callee, how)?;
             return Ok(HookAction::Resume);
         }
+        if !self.tramp.contains(rip) {
+            // What VMFUNC views do to a doorbell write from anywhere else:
+            // KVM decodes it from the base's memory, finds no code there
+            // and gives the guest #PF.
+            return Ok(Self::protocol(
+                machine,
+                format!("a doorbell write from outside the trampoline (at {rip:#x}; with VMFUNC every hypercall goes through the trampoline's stub)"),
+            ));
+        }
         match value {
             nr::VIEW_WAIT if rip == self.tramp.wait_landing => {
                 let Some(peer) = self.table.peer_of(self.own) else {
                     return Ok(Self::protocol(machine, "VIEW_WAIT without a peer".into()));
                 };
                 if self.serves(peer) {
-                    // Open and not inside a call, yet it turned the call
-                    // away: only its own doing can get there.
-                    self.failed.push((peer, "it turned a call away while serving".into()));
-                    self.leave_call(machine, peer)?;
+                    // The peer serves: the call goes again. (Either side
+                    // may have got here: a callee that turns calls away,
+                    // or a caller jumping to this doorbell itself; neither
+                    // is blamed, and a loop ends with the caller's own
+                    // time limit.)
                     return Ok(HookAction::Resume);
                 }
                 self.waiting_for = Some(peer);
@@ -1210,6 +1267,12 @@ impl ViewHook<'_> {
                 "VIEW_SERVE from outside the trampoline".into(),
             ));
         }
+        if self.table.caller_of(self.own).is_none() {
+            return Ok(Self::protocol(
+                machine,
+                "view_serve in a view that serves nobody (connect it as a callee)".into(),
+            ));
+        }
         let control: ViewControl = machine
             .memory()
             .read_obj(GuestAddress(VIEW_CONTROL))
@@ -1229,15 +1292,21 @@ impl ViewHook<'_> {
 }
 
 impl ExitHook for ViewHook<'_> {
-    fn after_exit(&mut self, machine: &mut Machine) -> Result<(), RunError> {
+    fn after_exit(&mut self, machine: &mut Machine) -> Result<HookAction, RunError> {
         if self.switching == Switching::Vmfunc {
             let active = self
                 .table
                 .sync(machine)
                 .map_err(|e| RunError::from(ViewHostError::View(e)))?;
+            let Some(active) = active else {
+                return self.end_both(
+                    machine,
+                    "the vCPU was found in neither view of the pair (a VMFUNC to the base entry, or KVM moved it out of its view)",
+                );
+            };
             self.call = (active != self.own).then_some(active);
         }
-        Ok(())
+        Ok(HookAction::Pass)
     }
 
     fn doorbell(&mut self, machine: &mut Machine, value: u32) -> Result<HookAction, RunError> {

@@ -204,6 +204,14 @@ pub mod view {
     /// `long view_serve(void)`: serve calls with [`ViewControl::handler`]
     /// until the caller is gone; returns [`super::err::EPIPE`] then.
     pub const SERVE: u64 = VIEW_TRAMPOLINE + 0x100;
+    /// `hypercall_stub`: `mov [DOORBELL], eax; ret`. In a VM with views
+    /// (`BootInfo.devices & DEVICE_VIEWS`) every hypercall goes through it:
+    /// when views switch with `VMFUNC`, KVM decodes an MMIO write (the
+    /// doorbell) from the base's memory, where only the trampoline page is
+    /// the same as in the views; a doorbell write elsewhere faults there.
+    pub const HYPERCALL: u64 = VIEW_TRAMPOLINE + 0x1e0;
+    /// The view's [`super::ViewGate`], in its copy of the trampoline page.
+    pub const GATE: u64 = VIEW_TRAMPOLINE + 0xf00;
     /// Offset in the trampoline page of the zeroed FXSAVE image that the
     /// trampoline loads at every switch, so that no x87/SSE register value
     /// crosses between views.
@@ -212,8 +220,8 @@ pub mod view {
     pub const MSG_SIZE: u64 = 64 << 10;
     /// [`ViewControl::peer`] of a view that calls nobody.
     pub const NO_PEER: u64 = u64::MAX;
-    /// [`ViewControl::peer_slot`] / [`ViewControl::caller_slot`] of a
-    /// view without that side (above the EPTP list's 512 entries).
+    /// [`ViewGate::peer_slot`] / [`ViewGate::caller_slot`] of a view
+    /// without that side (above the EPTP list's 512 entries).
     pub const NO_SLOT: u64 = 0xffff_ffff;
     /// [`ViewControl::flags`]: inside a call.
     pub const IN_CALL: u64 = 2;
@@ -240,20 +248,38 @@ pub struct ViewControl {
     pub msg_addr: u64,
     /// Its size in bytes.
     pub msg_size: u64,
-    /// `VMFUNC` mode: the EPTP-list index of the view this one calls
-    /// ([`view::NO_SLOT`] for none). Written by the monitor.
-    pub peer_slot: u64,
-    /// `VMFUNC` mode: the EPTP-list index of the view this one serves
-    /// ([`view::NO_SLOT`] for none). Written by the monitor.
-    pub caller_slot: u64,
-    /// `VMFUNC` mode: 1 while this view serves calls (parked in
-    /// `view_serve`, its run and its owner's limits intact). Written only
-    /// by the monitor, read by the trampoline at every entry.
-    pub open: u64,
     /// `VMFUNC` mode: [`view::IN_CALL`] while this view is inside a call
     /// (the caller waiting for the reply, or the callee running its
-    /// handler). Kept by the trampoline.
+    /// handler). Kept by the trampoline; the monitor clears it whenever
+    /// the view is not running, parked or waiting.
     pub flags: u64,
+}
+
+/// A view's gate at [`view::GATE`], in its copy of the trampoline page:
+/// written only by the monitor, read-only to the guest (the page is its
+/// code), read by the `VMFUNC` trampoline at every entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewGate {
+    /// 1 while this view serves calls (parked in `view_serve`, its run
+    /// and its owner's limits intact).
+    pub open: u64,
+    /// The EPTP-list index of the view this one calls
+    /// ([`view::NO_SLOT`] for none).
+    pub peer_slot: u64,
+    /// The EPTP-list index of the view this one serves
+    /// ([`view::NO_SLOT`] for none).
+    pub caller_slot: u64,
+}
+
+impl Default for ViewGate {
+    fn default() -> Self {
+        ViewGate {
+            open: 0,
+            peer_slot: view::NO_SLOT,
+            caller_slot: view::NO_SLOT,
+        }
+    }
 }
 
 /// Output record header in the output buffer: a record is this header
@@ -435,7 +461,8 @@ pub const fn align_up(v: u64, align: u64) -> u64 {
 #[cfg(feature = "vm-memory")]
 mod byte_valued {
     use super::{
-        BootInfo, Hypercall, OutputRecord, OutputState, StdinState, ViewControl, WindowInfo,
+        BootInfo, Hypercall, OutputRecord, OutputState, StdinState, ViewControl, ViewGate,
+        WindowInfo,
     };
     // SAFETY: each type is `#[repr(C)]`, made only of integer fields laid out
     // without padding (sizes are multiples of 8, or two u32s), so every byte
@@ -451,6 +478,8 @@ mod byte_valued {
     unsafe impl vm_memory::ByteValued for StdinState {}
     // SAFETY: as above (two u64s, then two u32s).
     unsafe impl vm_memory::ByteValued for WindowInfo {}
-    // SAFETY: as above (seven u64s).
+    // SAFETY: as above (eight u64s).
     unsafe impl vm_memory::ByteValued for ViewControl {}
+    // SAFETY: as above (three u64s).
+    unsafe impl vm_memory::ByteValued for ViewGate {}
 }

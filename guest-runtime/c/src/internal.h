@@ -38,10 +38,21 @@ extern struct xos_boot_info *__xos_bi;
 #ifndef XOS_HOSTED_TEST
 static inline long __xos_hc(unsigned nr)
 {
-    __asm__ volatile("movl %0, (%1)"
-                     :
-                     : "a"(nr), "d"((uint64_t)XOS_DOORBELL)
-                     : "memory");
+    if (__xos_bi->devices & XOS_DEVICE_VIEWS) {
+        /* In a VM with EPT views, through the trampoline's stub: when views
+         * switch with VMFUNC, KVM decodes the doorbell write from the base's
+         * memory, where only the trampoline page is the same (docs/ABI.md,
+         * "EPT views"). No red zone to spare: built with -mno-red-zone. */
+        __asm__ volatile("call *%1"
+                         :
+                         : "a"(nr), "r"((uint64_t)XOS_VIEW_HYPERCALL)
+                         : "memory");
+    } else {
+        __asm__ volatile("movl %0, (%1)"
+                         :
+                         : "a"(nr), "d"((uint64_t)XOS_DOORBELL)
+                         : "memory");
+    }
     return (long)__xos_bi->hypercall.ret;
 }
 #else

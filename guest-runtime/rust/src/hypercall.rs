@@ -11,7 +11,7 @@
 use core::arch::asm;
 use core::fmt;
 
-use xos_abi::{err, nr, DOORBELL};
+use xos_abi::{err, nr, view, DEVICE_VIEWS, DOORBELL};
 
 use crate::boot::{get, BOOT};
 
@@ -43,9 +43,22 @@ pub unsafe fn hypercall(nr: u32, args: &[u64]) -> i64 {
     // this asm is a compiler memory barrier. A `mov` leaves the flags alone.
     // SAFETY: the doorbell is not memory: the write only exits to the
     // monitor, which resumes at the next instruction.
-    unsafe {
-        asm!("mov dword ptr [{doorbell}], eax", doorbell = in(reg) DOORBELL, in("eax") nr,
-             options(nostack, preserves_flags));
+    if get!(devices) & DEVICE_VIEWS != 0 {
+        // In a VM with EPT views, through the trampoline's stub: when views
+        // switch with VMFUNC, KVM decodes the doorbell write from the
+        // base's memory, where only the trampoline page is the same. The
+        // call's push stays below the red zone.
+        // SAFETY: the stub is `mov [DOORBELL], eax; ret` in the trampoline
+        // page, which the monitor maps in every view; it clobbers nothing.
+        unsafe {
+            asm!("sub rsp, 128", "call {stub}", "add rsp, 128",
+                 stub = in(reg) view::HYPERCALL, in("eax") nr);
+        }
+    } else {
+        unsafe {
+            asm!("mov dword ptr [{doorbell}], eax", doorbell = in(reg) DOORBELL, in("eax") nr,
+                 options(nostack, preserves_flags));
+        }
     }
     get!(hypercall.ret)
 }
