@@ -138,6 +138,48 @@ fn a_pair_calls_through_the_trampoline_with_every_reply_right() {
     }
 }
 
+/// A callee's own time limit holds also when its caller started first
+/// (and so was resumed by the view host when the callee parked): the
+/// monitor reports it (not the owner's fallback after a grace period),
+/// and the busy caller's calls then fail.
+#[test]
+fn a_stopped_callee_stops_serving_a_caller_that_started_first() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in MODES {
+        let mut callee = spec("chan-c", &["chan", "serve"]);
+        callee.timeout = Some(Duration::from_millis(300));
+        let mut caller = spec("chan-c", &["chan", "call", "1000000", "8"]);
+        caller.timeout = Some(Duration::from_secs(20));
+        let (mut a, mut b) = pair(mode, caller, callee);
+        let caller = std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = run(&mut a);
+            drop(a);
+            (r, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let (served, _, _) = run(&mut b);
+        let took = t.elapsed();
+        match &served {
+            GuestExit::TimedOut { regs, .. } => {
+                assert_ne!(regs.rip, 0, "{mode:?}: a fallback report")
+            }
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        assert!(took < Duration::from_millis(1500), "{mode:?}: {took:?}");
+        let ((exit, _, err), caller_took) = caller.join().unwrap();
+        assert_eq!(exit, GuestExit::Exited(1), "{mode:?}: {err}");
+        assert!(err.contains("returned -32"), "{mode:?}: {err}");
+        assert!(
+            caller_took < Duration::from_secs(5),
+            "{mode:?}: {caller_took:?}"
+        );
+    }
+}
+
 #[test]
 fn a_caller_that_starts_first_waits_for_its_callee() {
     if !kvm_available() {

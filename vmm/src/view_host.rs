@@ -525,6 +525,16 @@ impl Host {
         // view goes through it): its `ret` is done here, since the IC the
         // flow goes to has no trampoline page.
         if regs.rip == self.tramp.hypercall_landing {
+            let mem_size = self.vm.machine().mem_size();
+            if regs.rsp % 8 != 0 || !crate::arch::paging::user_accessible(regs.rsp, 8, mem_size) {
+                return Err(ViewHostError::Ended {
+                    view,
+                    how: format!(
+                        "it stopped in the hypercall stub with its stack at {:#x}, not in its user memory",
+                        regs.rsp
+                    ),
+                });
+            }
             let back: u64 = self
                 .vm
                 .view(view)?
@@ -533,6 +543,12 @@ impl Host {
                     view,
                     how: format!("its stack at {:#x} cannot be read: {e}", regs.rsp),
                 })?;
+            if back >= 1 << 47 {
+                return Err(ViewHostError::Ended {
+                    view,
+                    how: format!("its hypercall stub would return to {back:#x}"),
+                });
+            }
             regs.rip = back;
             regs.rsp += 8;
         }
@@ -585,6 +601,8 @@ impl Host {
             return Ok(());
         }
         let (machine, table) = self.vm.parts();
+        // Parked means not inside a call, whatever the view wrote.
+        table.quiesce(machine, view)?;
         table.set_gate(machine, view, true)?;
         let close = table.gate_closer(machine, view)?;
         run.interrupter.set_stop_hook(Some(Box::new(close)));
@@ -666,17 +684,23 @@ impl Host {
     /// peer is gone get `EPIPE`; servers whose caller is gone resume to
     /// their end.
     fn settle(&mut self) {
-        for view in 0..self.slots.len() {
-            if self.stop_requested(view) {
-                self.end_stopped(view);
-            }
-        }
         loop {
+            // Every turn: a run resumed below may have taken a while, and
+            // a parked or waiting run's owner may have stopped it meanwhile.
+            for view in 0..self.slots.len() {
+                if self.stop_requested(view) {
+                    self.end_stopped(view);
+                }
+            }
             self.quiesce_idle_views();
             let mut progressed = false;
             for view in 0..self.slots.len() {
                 let action = match &self.slots[view].state {
-                    State::WaitingForPeer(_, _, peer) if self.is_parked(*peer) => Some(true),
+                    State::WaitingForPeer(_, _, peer)
+                        if self.is_parked(*peer) && !self.stop_requested(*peer) =>
+                    {
+                        Some(true)
+                    }
                     State::WaitingForPeer(_, _, peer) if self.is_gone(*peer) => Some(false),
                     State::Parked(..) => match self.vm.table().caller_of(view) {
                         Some(caller) if self.is_gone(caller) => Some(false),
@@ -1111,9 +1135,7 @@ impl ViewHook<'_> {
         self.call = None;
         let view_error = |e| RunError::from(ViewHostError::View(e));
         if self.switching != Switching::Memslot {
-            self.table
-                .set_gate(machine, callee, false)
-                .map_err(view_error)?;
+            self.table.quiesce(machine, callee).map_err(view_error)?;
         }
         let mut regs = crate::arch::cpu::initial_regs(self.tramp.fail_landing, STACK_TOP, 0);
         regs.rdi = err::EPIPE as u64; // the call's result
@@ -1144,7 +1166,7 @@ impl ViewHook<'_> {
                 *p = false;
             }
             self.table
-                .set_gate(machine, other, false)
+                .quiesce(machine, other)
                 .map_err(|e| RunError::from(ViewHostError::View(e)))?;
         }
         self.call = None;
