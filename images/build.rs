@@ -28,7 +28,7 @@ const REQUIRED_C: &[&str] = &[
     "trivial", "wc",
 ];
 /// Binaries of `images/rust` that must be built.
-const REQUIRED_RUST: &[&str] = &["hello", "ready", "sum", "wc"];
+const REQUIRED_RUST: &[&str] = &["hello", "ready", "sum", "view", "wc"];
 /// Binaries of `images/rust` that are included when they exist.
 const OPTIONAL_RUST: &[&str] = &["panic"];
 /// Lowest address an image segment may use (`xos_abi::layout::IMAGE_BASE`).

@@ -180,6 +180,41 @@ fn a_stopped_callee_stops_serving_a_caller_that_started_first() {
     }
 }
 
+/// The Rust runtime's `xos_guest::view` speaks the same trampoline as the
+/// C runtime: Rust and C views call each other, either way round.
+#[test]
+fn rust_and_c_views_call_each_other() {
+    if !kvm_available() {
+        return;
+    }
+    for mode in MODES {
+        for (caller, callee) in [
+            (
+                spec("view-rs", &["view", "call", "50", "100"]),
+                spec("chan-c", &["chan", "serve"]),
+            ),
+            (
+                spec("chan-c", &["chan", "call", "50", "100"]),
+                spec("view-rs", &["view", "serve"]),
+            ),
+            (
+                spec("view-rs", &["view", "call", "20", "65536"]),
+                spec("view-rs", &["view", "serve"]),
+            ),
+        ] {
+            let ((exit, _, err), (served, _, serr)) = call_pair(mode, caller, callee);
+            assert_eq!(exit, GuestExit::Exited(0), "{mode:?}: {err}");
+            assert_eq!(served, GuestExit::Exited(0), "{mode:?}: {serr}");
+        }
+        // Outside a pair the calls say so.
+        let f = EptViewFactory;
+        let mut lone = f.create(spec("view-rs", &["view", "serve"])).unwrap();
+        let (exit, _, err) = run(&mut lone);
+        assert_eq!(exit, GuestExit::Exited(2), "{err}");
+        assert!(err.contains("usage"), "{err}");
+    }
+}
+
 #[test]
 fn a_caller_that_starts_first_waits_for_its_callee() {
     if !kvm_available() {

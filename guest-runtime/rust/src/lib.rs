@@ -44,6 +44,7 @@ mod mem;
 mod output;
 mod panic;
 mod start;
+pub mod view;
 
 pub use args::{args, args_bytes, Args, ArgsBytes};
 pub use hypercall::{abort, exit, host_call, ready, HostCallError};
